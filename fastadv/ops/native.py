@@ -1,0 +1,2 @@
+def supports(device):
+    return False
