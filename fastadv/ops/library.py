@@ -78,6 +78,7 @@ def _step(kind: str, x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha:
         return
     work, fmt = _row_dense(x)
     key = _layout_key(work)
+    noise = None if noise is None else noise.float()  # kernels read the noise as float32
     grad, x_nat, noise = (_to_layout(t, fmt, key) for t in (grad, x_nat, noise))
     fn(work, grad, x_nat, eps.contiguous(), alpha.contiguous(), noise, clip_min, clip_max)
     if work is not x:
@@ -130,7 +131,14 @@ def _(x_nat, r, scale, uniform, clip_min, clip_max):
 def early_stop_update_op(logits: Tensor, y: Tensor, budget: Tensor, kappa: Tensor) -> Tensor:
     if logits.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool, device=logits.device)
-    return _backend(logits).early_stop_update(logits.contiguous(), y.contiguous(), budget, kappa)
+    be = _backend(logits)
+    b, k = budget.contiguous(), kappa.contiguous()  # kernels update contiguous int64 vectors
+    leave = be.early_stop_update(logits.contiguous(), y.contiguous(), b, k)
+    if b is not budget:
+        budget.copy_(b)
+    if k is not kappa:
+        kappa.copy_(k)
+    return leave
 
 
 @early_stop_update_op.register_fake
@@ -197,6 +205,7 @@ def linf_step_compact_op(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, al
         return x_next, x_nat_next
     x, fmt = _row_dense(x)
     key = _layout_key(x)
+    noise = None if noise is None else noise.float()  # kernels read the noise as float32
     grad, x_nat, noise = (_to_layout(t, fmt, key) for t in (grad, x_nat, noise))
     work_out = out if _layout_key(out) == key else out.contiguous(memory_format=fmt)
     x_next, x_nat_next = empty_rows(n_active, x, fmt), empty_rows(n_active, x_nat, fmt)
