@@ -79,7 +79,9 @@ def test_linf_step_with_noise_and_clip_bounds(device, name, dtype, shape, cl, mo
     want = run_as("reference", lambda: ops.linf_step_(x.clone(), grad, x_nat, **args), monkeypatch)
     got = run_as(name, lambda: ops.linf_step_(x.clone(), grad, x_nat, **args), monkeypatch)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert float(got.float().min()) >= 0.1 - 1e-6 and float(got.float().max()) <= 0.9 + 1e-6
+    # The bounds as the storage dtype rounds them (0.1 is 0.09998 in float16).
+    lo, hi = (torch.tensor(v).to(dtype).item() for v in (0.1, 0.9))
+    assert got.min().item() >= lo and got.max().item() <= hi
 
 
 def test_reference_linf_step_semantics():
@@ -412,7 +414,7 @@ def test_torch_compile_fullgraph_on_cpu():
         torch.ops.fastadv.linf_step_(x, grad, x_nat, eps, alpha, None, 0.0, 1.0)
         leave = torch.ops.fastadv.early_stop_update_(logits, y, budget, kappa)
         dest, count = torch.ops.fastadv.compaction_plan(leave)
-        packed = torch.ops.fastadv.compact_rows(x, dest, index, out, 2)
+        packed = torch.ops.fastadv.compact_rows(x, dest, index, out, 3)  # one of the 4 rows leaves
         start = torch.ops.fastadv.start_from_noise(x_nat, torch.zeros_like(x_nat), eps, True, 0.0, 1.0)
         return x * 1.0, packed, count, start
 

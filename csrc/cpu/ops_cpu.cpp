@@ -1,0 +1,385 @@
+// CPU kernels of the native backend (OpenMP through at::parallel_for; inner loops are plain float32
+// loops over one row that GCC/Clang vectorise at -O3; fp16/bf16 are converted to float32 on load and
+// rounded once on store). Bit-exact with fastadv/ops/reference.py except l2_step_'s norms (float32
+// rounding). Compiled with -ffp-contract=off so that no a*b+c is fused.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "../checks.h"
+#include "../fastadv_math.h"
+
+namespace fastadv {
+namespace {
+
+// Elements per parallel task: below ~32k elements a second thread costs more than it saves.
+constexpr int64_t kGrain = 32768;
+
+// Calls f(n, j0, j1) for the pieces of rows [n, j0..j1) covering flat elements [begin, end) of an
+// N x D row-major index space, so a flat parallel range can use per-row parameters.
+template <typename F>
+inline void for_row_pieces(int64_t begin, int64_t end, int64_t D, const F& f) {
+  int64_t n = begin / D, j = begin - n * D;
+  while (begin < end) {
+    const int64_t stop = std::min<int64_t>(D, j + (end - begin));
+    f(n, j, stop);
+    begin += stop - j;
+    ++n;
+    j = 0;
+  }
+}
+
+// float32 <-> storage conversions ("codecs"). Kernels work on the raw storage type: bfloat16 as
+// uint16_t bits, converted branch-free (c10::BFloat16's conversion has a NaN branch and a struct
+// wrapper that keep GCC from vectorising the loops): round to nearest even, NaN -> 0x7FC0 as c10.
+struct F32 {
+  using raw = float;
+  static inline float ld(float v) { return v; }
+  static inline float st(float f) { return f; }
+};
+
+struct BF16 {
+  using raw = uint16_t;
+  static inline float ld(uint16_t v) {
+    const uint32_t u = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  static inline uint16_t st(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
+  }
+};
+
+// float16 as uint16_t bits, converted branch-free so the loops vectorise (c10::Half's scalar
+// conversion made the fp16 step 30x slower than fp32). Both directions are exact IEEE conversions
+// (round to nearest even, subnormals, Inf; NaN -> quiet NaN), the same values as c10::Half.
+struct F16 {
+  using raw = uint16_t;
+  static inline uint32_t bits(float f) { uint32_t u; std::memcpy(&u, &f, sizeof u); return u; }
+  static inline float from_bits(uint32_t u) { float f; std::memcpy(&f, &u, sizeof f); return f; }
+  static inline float ld(uint16_t h) {  // c10::detail::fp16_ieee_to_fp32_value
+    const uint32_t w = static_cast<uint32_t>(h) << 16, sign = w & 0x80000000u, two_w = w + w;
+    const float normalized = from_bits((two_w >> 4) + (0xE0u << 23)) * from_bits(0x7800000u);  // * 2^-112
+    const float denormalized = from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
+    return from_bits(sign | (two_w < (1u << 27) ? bits(denormalized) : bits(normalized)));
+  }
+  static inline uint16_t st(float f) {  // F. Giesen's float_to_half_fast3_rtne, as selects
+    const uint32_t u = bits(f), sign = u & 0x80000000u, a = u ^ sign;
+    const uint32_t inf_nan = a > (255u << 23) ? 0x7E00u : 0x7C00u;
+    // Subnormal or zero: the float adder rounds the mantissa into place.
+    const float denorm_magic = from_bits(((127u - 15u) + (23u - 10u) + 1u) << 23);
+    const uint32_t sub = bits(from_bits(a) + denorm_magic) - bits(denorm_magic);
+    const uint32_t norm = (a + ((15u - 127u) << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+    const uint32_t o = a >= ((127u + 16u) << 23) ? inf_nan : (a < (113u << 23) ? sub : norm);
+    return static_cast<uint16_t>(o | (sign >> 16));
+  }
+};
+
+// Calls f(Codec{}) for the storage dtype of a floating tensor (float32, float16, bfloat16).
+template <typename F>
+void dispatch_codec(at::ScalarType t, const char* name, const F& f) {
+  switch (t) {
+    case at::kFloat: return f(F32{});
+    case at::kBFloat16: return f(BF16{});
+    case at::kHalf: return f(F16{});
+    default: TORCH_CHECK(false, name, ": expected float32, float16 or bfloat16, got ", t);
+  }
+}
+
+template <typename C>
+typename C::raw* raw_ptr(const at::Tensor& t) { return static_cast<typename C::raw*>(t.data_ptr()); }
+
+// ----------------------------------------------------------------------------- L∞ step
+template <typename C, bool HasNoise, typename T = typename C::raw>
+void linf_rows(T* x, const T* g, const T* xn, const float* noise, const float* eps,
+               const float* alpha, int64_t N, int64_t D, float lo, float hi) {
+  at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
+    for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
+      const float e = eps[n], a = alpha[n];
+      const int64_t o = n * D;
+      // In place through one pointer: GCC then knows x[j] is read before it is written (with a
+      // separate `out` pointer equal to x, its runtime alias check fails and the scalar loop runs).
+      for (int64_t j = j0; j < j1; ++j) {
+        const float nz = HasNoise ? noise[o + j] : 0.f;
+        x[o + j] = C::st(linf_value<HasNoise>(C::ld(x[o + j]), C::ld(g[o + j]), C::ld(xn[o + j]), e, a, nz, lo, hi));
+      }
+    });
+  });
+}
+
+void linf_step_cpu(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat, const at::Tensor& eps,
+                   const at::Tensor& alpha, const c10::optional<at::Tensor>& noise, double clip_min,
+                   double clip_max) {
+  check_step(x, grad, x_nat, eps, alpha, noise);
+  const int64_t N = x.size(0);
+  if (x.numel() == 0) return;
+  const int64_t D = x.numel() / N;
+  TORCH_CHECK(!std::isnan(clip_min) && !std::isnan(clip_max), "clip_min, clip_max: must not be NaN");
+  const float lo = static_cast<float>(clip_min), hi = static_cast<float>(clip_max);
+  dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
+    using C = decltype(codec);
+    const float* nz = noise.has_value() ? noise->data_ptr<float>() : nullptr;
+    auto run = nz ? linf_rows<C, true> : linf_rows<C, false>;
+    run(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), nz, eps.data_ptr<float>(),
+        alpha.data_ptr<float>(), N, D, lo, hi);
+  });
+}
+
+// ----------------------------------------------------------------------------- L2 step
+template <typename C, typename T = typename C::raw>
+void l2_rows(T* x, const T* g, const T* xn, const float* noise, const float* eps, const float* alpha,
+             int64_t N, int64_t D, float lo, float hi) {
+  // One task per row (a row is at most a few hundred KB); three passes over the row, from cache:
+  // ||g||, then ||d|| with d = x + alpha*g/||g|| [+ noise] - xn, then the write.
+  at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)), [&](int64_t b, int64_t e_) {
+    for (int64_t n = b; n < e_; ++n) {
+      const int64_t o = n * D;
+      double gg = 0.0;  // double accumulation: within float32 rounding of torch's norm
+      for (int64_t j = 0; j < D; ++j) {
+        const double v = C::ld(g[o + j]);
+        gg += v * v;
+      }
+      const float gn = std::max(static_cast<float>(std::sqrt(gg)), kL2NormFloor);
+      const float a = alpha[n];
+      auto delta = [&](int64_t j) {  // y - xn, as the reference rounds it
+        float y = C::ld(x[o + j]) + a * (C::ld(g[o + j]) / gn);
+        if (noise) y = y + noise[o + j];
+        return y - C::ld(xn[o + j]);
+      };
+      double dd = 0.0;
+      for (int64_t j = 0; j < D; ++j) {
+        const double v = delta(j);
+        dd += v * v;
+      }
+      const float dn = std::max(static_cast<float>(std::sqrt(dd)), kL2NormFloor);
+      const float factor = min_nan(eps[n] / dn, 1.f);  // clamp(max=1): NaN propagates
+      for (int64_t j = 0; j < D; ++j) {
+        const float d = delta(j);  // recomputed (same rounding) rather than stored
+        x[o + j] = C::st(min_nan(max_nan(C::ld(xn[o + j]) + d * factor, lo), hi));
+      }
+    }
+  });
+}
+
+void l2_step_cpu(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat, const at::Tensor& eps,
+                 const at::Tensor& alpha, const c10::optional<at::Tensor>& noise, double clip_min,
+                 double clip_max) {
+  check_step(x, grad, x_nat, eps, alpha, noise);
+  const int64_t N = x.size(0);
+  if (x.numel() == 0) return;
+  dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
+    using C = decltype(codec);
+    l2_rows<C>(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat),
+                      noise.has_value() ? noise->data_ptr<float>() : nullptr, eps.data_ptr<float>(),
+                      alpha.data_ptr<float>(), N, x.numel() / N, static_cast<float>(clip_min),
+                      static_cast<float>(clip_max));
+  });
+}
+
+// ----------------------------------------------------------------------------- random start
+template <typename C, bool Uniform, typename T = typename C::raw>
+void start_rows(T* out, const T* xn, const float* r, const float* scale, int64_t N, int64_t D, float lo, float hi) {
+  at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
+    for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
+      const float s = scale[n];
+      const int64_t o = n * D;
+      for (int64_t j = j0; j < j1; ++j)
+        out[o + j] = C::st(start_value<Uniform>(C::ld(xn[o + j]), r[o + j], s, lo, hi));
+    });
+  });
+}
+
+at::Tensor start_from_noise_cpu(const at::Tensor& x_nat, const at::Tensor& r, const at::Tensor& scale,
+                                bool uniform, double clip_min, double clip_max) {
+  check_row_dense(x_nat, "x_nat");
+  check_like(r, x_nat, "r", /*same_dtype=*/false);
+  TORCH_CHECK(r.scalar_type() == at::kFloat, "r: expected float32, got ", r.scalar_type());
+  check_vec(scale, x_nat.size(0), at::kFloat, x_nat.device(), "scale");
+  at::Tensor out = at::empty_like(x_nat);  // preserve_format: a dense input keeps its strides
+  const int64_t N = x_nat.size(0);
+  if (x_nat.numel() == 0) return out;
+  const float lo = static_cast<float>(clip_min), hi = static_cast<float>(clip_max);
+  dispatch_codec(x_nat.scalar_type(), "x_nat", [&](auto codec) {
+    using C = decltype(codec);
+    auto run = uniform ? start_rows<C, true> : start_rows<C, false>;
+    run(raw_ptr<C>(out), raw_ptr<C>(x_nat), r.data_ptr<float>(), scale.data_ptr<float>(), N, x_nat.numel() / N,
+        lo, hi);
+  });
+  return out;
+}
+
+// ----------------------------------------------------------------------------- early stop
+// torch.argmax of one row: first index of the maximum, a NaN counting as the maximum.
+template <typename T>
+inline int64_t argmax_row(const T* row, int64_t C) {
+  float best = static_cast<float>(row[0]);
+  int64_t bi = 0;
+  for (int64_t c = 1; c < C && best == best; ++c) {  // stops at the first NaN
+    const float v = static_cast<float>(row[c]);
+    if (v > best || v != v) {
+      best = v;
+      bi = c;
+    }
+  }
+  return bi;
+}
+
+at::Tensor early_stop_update_cpu(const at::Tensor& logits, const at::Tensor& y, at::Tensor budget, at::Tensor kappa) {
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous(), "logits: expected a contiguous [M, C] tensor, got ",
+              logits.sizes());
+  const int64_t M = logits.size(0), C = logits.size(1);
+  TORCH_CHECK(C > 0 || M == 0, "logits: needs at least one class");
+  TORCH_CHECK(y.dim() == 1 && y.size(0) == M && y.is_contiguous() &&
+              (y.scalar_type() == at::kLong || y.scalar_type() == at::kInt),
+              "y: expected a contiguous int64/int32 [", M, "] tensor");
+  check_vec(budget, M, at::kLong, logits.device(), "budget");
+  check_vec(kappa, M, at::kLong, logits.device(), "kappa");
+  at::Tensor leave = at::empty({M}, logits.options().dtype(at::kBool));
+  int64_t* b = budget.data_ptr<int64_t>();
+  int64_t* k = kappa.data_ptr<int64_t>();
+  bool* lv = leave.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "fastadv_native::early_stop_update_", [&] {
+    const scalar_t* lg = logits.data_ptr<scalar_t>();
+    AT_DISPATCH_INDEX_TYPES(y.scalar_type(), "fastadv_native::early_stop_update_", [&] {
+      const index_t* yy = y.data_ptr<index_t>();
+      at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) {
+          const bool wrong = argmax_row(lg + i * C, C) != static_cast<int64_t>(yy[i]);
+          const bool leaves = wrong && b[i] == 0;
+          lv[i] = leaves;
+          b[i] -= (wrong && !leaves);
+          k[i] += !wrong;
+        }
+      });
+    });
+  });
+  return leave;
+}
+
+// ----------------------------------------------------------------------------- compaction
+std::tuple<at::Tensor, at::Tensor> compaction_plan_cpu(const at::Tensor& leave) {
+  TORCH_CHECK(leave.dim() == 1 && leave.scalar_type() == at::kBool && leave.is_contiguous(),
+              "leave: expected a contiguous bool [M] tensor");
+  const int64_t M = leave.size(0);
+  at::Tensor dest = at::empty({M}, leave.options().dtype(at::kLong));
+  const bool* lv = leave.data_ptr<bool>();
+  int64_t* d = dest.data_ptr<int64_t>();
+  int64_t next = 0;  // a serial scan: M is a batch size, far below what threads would pay for
+  for (int64_t i = 0; i < M; ++i) d[i] = lv[i] ? -1 : next++;
+  return {dest, at::scalar_tensor(next, leave.options().dtype(at::kLong))};
+}
+
+void check_plan(const at::Tensor& dest, const c10::optional<at::Tensor>& index, const c10::optional<at::Tensor>& out,
+                int64_t M, const at::Device& dev) {
+  check_vec(dest, M, at::kLong, dev, "dest");
+  TORCH_CHECK(index.has_value() == out.has_value(), "index and out must be given together");
+  if (index.has_value()) check_vec(*index, M, at::kLong, dev, "index");
+}
+
+// Row i of src goes to packed[dest[i]] (dest >= 0) or to out[index[i]] (a leaver), as raw bytes.
+void compact_rows_cpu(const at::Tensor& src, const at::Tensor& dest, const c10::optional<at::Tensor>& index,
+                      c10::optional<at::Tensor> out, at::Tensor packed) {
+  TORCH_CHECK(src.dim() >= 1 && rows_dense(src), "src: rows must be dense blocks (contiguous or channels_last)");
+  const int64_t M = src.size(0);
+  check_plan(dest, index, out, M, src.device());
+  check_rows_like(packed, src, "packed");
+  if (out.has_value()) check_rows_like(*out, src, "out");
+  if (M == 0) return;
+  const int64_t row_bytes = row_numel(src) * src.element_size();
+  const int64_t P = packed.size(0), R = out.has_value() ? out->size(0) : 0;
+  const char* s = static_cast<const char*>(src.data_ptr());
+  char* pk = static_cast<char*>(packed.data_ptr());
+  char* o = out.has_value() ? static_cast<char*>(out->data_ptr()) : nullptr;
+  const int64_t* d = dest.data_ptr<int64_t>();
+  const int64_t* ix = index.has_value() ? index->data_ptr<int64_t>() : nullptr;
+  for (int64_t i = 0; i < M; ++i) {  // bounds first: a bad plan must not write out of bounds
+    TORCH_CHECK(d[i] < P, "dest[", i, "] = ", d[i], " is out of range for ", P, " packed rows");
+    TORCH_CHECK(d[i] >= 0 || !o || (ix[i] >= 0 && ix[i] < R), "index[", i, "] = ", ix ? ix[i] : 0,
+                " is out of range for out with ", R, " rows");
+  }
+  at::parallel_for(0, M, std::max<int64_t>(1, kGrain * 4 / std::max<int64_t>(row_bytes, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (d[i] >= 0)
+        std::memcpy(pk + d[i] * row_bytes, s + i * row_bytes, row_bytes);
+      else if (o)
+        std::memcpy(o + ix[i] * row_bytes, s + i * row_bytes, row_bytes);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- fused step + compaction
+template <typename C, bool HasNoise, typename T = typename C::raw>
+void linf_compact_rows(const T* x, const T* g, const T* xn, const float* noise, const float* eps,
+                       const float* alpha, const int64_t* dest, const int64_t* index, T* out, T* x_next,
+                       T* xn_next, int64_t N, int64_t D, float lo, float hi) {
+  at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
+    for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
+      const int64_t o = n * D, dn = dest[n];
+      if (dn < 0) {  // a leaver keeps the iterate at which it left
+        std::memcpy(out + index[n] * D + j0, x + o + j0, (j1 - j0) * sizeof(T));
+        return;
+      }
+      const float e = eps[n], a = alpha[n];
+      T* xo = x_next + dn * D;
+      for (int64_t j = j0; j < j1; ++j) {
+        const float nz = HasNoise ? noise[o + j] : 0.f;
+        xo[j] = C::st(linf_value<HasNoise>(C::ld(x[o + j]), C::ld(g[o + j]), C::ld(xn[o + j]), e, a, nz, lo, hi));
+      }
+      std::memcpy(xn_next + dn * D + j0, xn + o + j0, (j1 - j0) * sizeof(T));
+    });
+  });
+}
+
+void linf_step_compact_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
+                           const at::Tensor& eps, const at::Tensor& alpha, const c10::optional<at::Tensor>& noise,
+                           const at::Tensor& dest, const at::Tensor& index, at::Tensor out, at::Tensor x_next,
+                           at::Tensor x_nat_next, double clip_min, double clip_max) {
+  check_step(x, grad, x_nat, eps, alpha, noise);
+  const int64_t M = x.size(0);
+  check_plan(dest, index, out, M, x.device());
+  check_rows_like(out, x, "out");
+  check_rows_like(x_next, x, "x_next");
+  check_rows_like(x_nat_next, x, "x_nat_next");
+  TORCH_CHECK(x_next.size(0) == x_nat_next.size(0), "x_next and x_nat_next must have the same number of rows");
+  if (x.numel() == 0) return;
+  const int64_t P = x_next.size(0), R = out.size(0);
+  const int64_t* d = dest.data_ptr<int64_t>();
+  const int64_t* ix = index.data_ptr<int64_t>();
+  for (int64_t i = 0; i < M; ++i) {
+    TORCH_CHECK(d[i] < P, "dest[", i, "] = ", d[i], " is out of range for ", P, " packed rows");
+    TORCH_CHECK(d[i] >= 0 || (ix[i] >= 0 && ix[i] < R), "index[", i, "] = ", ix[i], " is out of range for out with ",
+                R, " rows");
+  }
+  TORCH_CHECK(!std::isnan(clip_min) && !std::isnan(clip_max), "clip_min, clip_max: must not be NaN");
+  const float lo = static_cast<float>(clip_min), hi = static_cast<float>(clip_max);
+  dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
+    using C = decltype(codec);
+    const float* nz = noise.has_value() ? noise->data_ptr<float>() : nullptr;
+    auto run = nz ? linf_compact_rows<C, true> : linf_compact_rows<C, false>;
+    run(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), nz, eps.data_ptr<float>(), alpha.data_ptr<float>(), d,
+        ix, raw_ptr<C>(out), raw_ptr<C>(x_next), raw_ptr<C>(x_nat_next), M, x.numel() / M, lo, hi);
+  });
+}
+
+}  // namespace
+}  // namespace fastadv
+
+TORCH_LIBRARY_IMPL(fastadv_native, CPU, m) {
+  m.impl("linf_step_", &fastadv::linf_step_cpu);
+  m.impl("l2_step_", &fastadv::l2_step_cpu);
+  m.impl("start_from_noise", &fastadv::start_from_noise_cpu);
+  m.impl("early_stop_update_", &fastadv::early_stop_update_cpu);
+  m.impl("compaction_plan", &fastadv::compaction_plan_cpu);
+  m.impl("compact_rows", &fastadv::compact_rows_cpu);
+  m.impl("linf_step_compact", &fastadv::linf_step_compact_cpu);
+}
