@@ -1,0 +1,224 @@
+"""What every attack shares: argument checks, the attack context, one check (forward + backward
+w.r.t. the input only), the projected step, and :class:`AttackResult` (SPEC §2)."""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..losses import ATTACK_LOSSES, ce_loss, cw_loss, kl_loss
+from ..ops._validation import FLOAT_DTYPES, check_clip, per_sample
+
+NORMS = ("linf", "l2")
+RANDOM_STARTS = ("uniform", "normal", None)
+
+
+@dataclass
+class AttackResult:
+    """What an attack did, per sample and in total (input order throughout).
+
+    ``updates``: PGD updates each sample received; ``checks``: checks (forward + backward at an
+    iterate) it went through; ``kappa``: checks at which it was classified correctly (GAIRAT's κ);
+    ``bp`` = Σ updates (the papers' "BP": PGD-K = K per sample); ``bp_executed`` = Σ checks (the
+    backward passes that ran, per sample); ``rows_computed``: rows that went through a forward and
+    backward pass in total (= ``bp_executed`` when compacted; more with a fixed-shape mask).
+    """
+    x_adv: Tensor
+    updates: Tensor
+    checks: Tensor
+    kappa: Tensor
+    bp: int
+    bp_executed: int
+    rows_computed: int
+
+
+def _check_int(name: str, v, minimum: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _check_float(name: str, v, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or v < minimum or (strict and v == minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {v}")
+    return v
+
+
+def _check_scalar_or_tensor(name: str, v) -> None:
+    """Floats are checked now; [N] tensors when the batch is known (``ops`` checks their values)."""
+    if isinstance(v, Tensor):
+        return
+    _check_float(name, v)
+
+
+def normalize_random_start(v) -> Optional[str]:
+    """``"uniform"``, ``"normal"`` or ``None``; ``True``/``False`` (torchattacks' habit) mean uniform/none."""
+    if v is True:
+        return "uniform"
+    if v is False:
+        return None
+    if v not in RANDOM_STARTS:
+        raise ValueError(f"random_start must be 'uniform', 'normal' or None, got {v!r}")
+    return v
+
+
+class Attack:
+    """A projected-gradient attack on ``model`` (any callable mapping [N, ...] inputs in
+    [clip_min, clip_max] to logits [N, C]). ``atk(x, y)`` returns the adversarial tensor,
+    ``atk.run(x, y)`` an :class:`AttackResult`.
+
+    The model is put in eval mode for the attack and its mode restored afterwards; gradients are
+    taken w.r.t. the input only (``torch.autograd.grad``), never the parameters; ``x`` is not
+    changed. Autocast (e.g. bf16) around the call applies to the model; the iterates keep ``x``'s
+    dtype. ``eps``/``alpha`` are floats or per-sample tensors [N].
+    """
+
+    def __init__(self, model: Callable[[Tensor], Tensor], eps=8 / 255, alpha=2 / 255, steps: int = 10,
+                 random_start="uniform", norm: str = "linf", loss: str = "ce", *,
+                 confidence: float = 50.0, clip_min: float = 0.0, clip_max: float = 1.0,
+                 sigma: float = 0.001, omega: float = 0.0):
+        if not callable(model):
+            raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+        _check_scalar_or_tensor("eps", eps)
+        _check_scalar_or_tensor("alpha", alpha)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if loss not in ATTACK_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(ATTACK_LOSSES)}, got {loss!r}")
+        self.model = model
+        self.eps, self.alpha = eps, alpha
+        self.steps = _check_int("steps", steps)
+        self.random_start = normalize_random_start(random_start)
+        self.norm, self.loss = norm, loss
+        self.confidence = _check_float("confidence", confidence, minimum=-math.inf)
+        self.clip_min, self.clip_max = check_clip(clip_min, clip_max)
+        self.sigma = _check_float("sigma", sigma)
+        self.omega = _check_float("omega", omega)
+
+    def __repr__(self) -> str:
+        eps = "tensor" if isinstance(self.eps, Tensor) else f"{self.eps:.4g}"
+        alpha = "tensor" if isinstance(self.alpha, Tensor) else f"{self.alpha:.4g}"
+        return (f"{type(self).__name__}(eps={eps}, alpha={alpha}, steps={self.steps}, norm={self.norm!r}, "
+                f"loss={self.loss!r}, random_start={self.random_start!r})")
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.run(x, y).x_adv
+
+    # ------------------------------------------------------------------ the public entry point
+    def run(self, x: Tensor, y: Tensor) -> AttackResult:
+        x_nat, y, eps, alpha = self._prepare(x, y)
+        n = x_nat.shape[0]
+        if n == 0:
+            z = torch.zeros(0, dtype=torch.int64, device=x_nat.device)
+            return AttackResult(x_nat.clone(), z, z.clone(), z.clone(), 0, 0, 0)
+        with self._attack_mode():
+            self._bad_logits = torch.zeros((), dtype=torch.bool, device=x_nat.device)
+            self._labels_checked = False
+            clean = self._clean_logits(x_nat) if self.loss == "kl" else None
+            res = self._attack(x_nat, y, eps, alpha, clean)
+        if bool(self._bad_logits):  # one host read per attack, accumulated over the checks
+            raise ValueError("model returned non-finite logits (nan or inf) during the attack")
+        return res
+
+    def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
+                clean: Optional[Tensor]) -> AttackResult:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared pieces
+    def _prepare(self, x, y):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.dim() < 1:
+            raise ValueError("x must have a batch dimension first, got a 0-dim tensor")
+        if not isinstance(y, Tensor):
+            raise TypeError(f"y must be a torch.Tensor of labels, got {type(y).__name__}")
+        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"y must be an integer tensor of labels, got {y.dtype}")
+        n = x.shape[0]
+        if y.shape != (n,):
+            raise ValueError(f"y must have shape [{n}] (one label per sample of x), got {tuple(y.shape)}")
+        if y.device != x.device:
+            raise ValueError(f"y is on {y.device} but x is on {x.device}")
+        if isinstance(self.model, nn.Module):
+            dev = next((p.device for p in self.model.parameters()), None)
+            if dev is not None and dev != x.device:
+                raise ValueError(f"x is on {x.device} but the model's parameters are on {dev}")
+        eps = per_sample("eps", self.eps, n, x.device)
+        alpha = per_sample("alpha", self.alpha, n, x.device)
+        return x.detach(), y.to(torch.int64), eps, alpha
+
+    @contextlib.contextmanager
+    def _attack_mode(self):
+        model = self.model
+        was_training = model.training if isinstance(model, nn.Module) else None
+        if was_training:
+            model.eval()
+        try:
+            with torch.enable_grad():
+                yield
+        finally:
+            if was_training:
+                model.train()
+
+    def _clean_logits(self, x_nat: Tensor) -> Tensor:
+        """TRADES' target distribution: the clean logits, computed once and detached."""
+        with torch.no_grad():
+            return self.model(x_nat).detach().float()
+
+    def _start(self, x_nat: Tensor, eps: Tensor) -> Tensor:
+        return ops.random_start(x_nat, eps, self.random_start, sigma=self.sigma,
+                                clip_min=self.clip_min, clip_max=self.clip_max, check=False)
+
+    def _check(self, x: Tensor, y: Tensor, clean: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """One check at iterate ``x``: the detached logits and d loss / d x."""
+        x = x.detach().requires_grad_(True)
+        logits = self.model(x)
+        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
+        if not self._labels_checked:  # once per attack: a host read, before the loss indexes with y
+            c = logits.shape[1]
+            if bool(((y < 0) | (y >= c)).any()):
+                raise ValueError(f"y has labels outside [0, {c}) for a model with {c} classes")
+            self._labels_checked = True
+        self._bad_logits |= ~torch.isfinite(logits.detach()).all()
+        if self.loss == "ce":
+            loss = ce_loss(logits, y)
+        elif self.loss == "cw":
+            loss = cw_loss(logits, y, self.confidence)
+        else:
+            loss = kl_loss(logits, clean)
+        (grad,) = torch.autograd.grad(loss, x)
+        return logits.detach(), grad
+
+    def _noise(self, x: Tensor) -> Optional[Tensor]:
+        """FAT's ω·N(0, I) term of each update, drawn on x's device (None when ω = 0)."""
+        if self.omega == 0.0:
+            return None
+        return torch.randn(x.shape, dtype=torch.float32, device=x.device).mul_(self.omega)
+
+    def _step_(self, x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor) -> Tensor:
+        """One projected step in place on ``x`` (fused kernel)."""
+        step = ops.linf_step_ if self.norm == "linf" else ops.l2_step_
+        with torch.no_grad():
+            return step(x, grad, x_nat, eps, alpha, self.clip_min, self.clip_max,
+                        noise=self._noise(x), check=False)
+
+
+def full_result(x_adv: Tensor, kappa: Tensor, steps: int, n_checked: int) -> AttackResult:
+    """The result of an attack that gave every sample ``steps`` updates over ``steps`` checks."""
+    n = x_adv.shape[0]
+    k = torch.full((n,), steps, dtype=torch.int64, device=x_adv.device)
+    return AttackResult(x_adv, k, k.clone(), kappa, steps * n, steps * n, n_checked)

@@ -1,0 +1,65 @@
+"""Losses of the attacks and of GAIRAT's reweighting (SPEC §2, §2.3).
+
+Attack losses are summed over the batch, so a sample's gradient does not depend on which other
+samples share its batch: a compacted batch and the full one give the same per-sample gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ATTACK_LOSSES = ("ce", "cw", "kl")
+WEIGHT_FUNCS = ("tanh", "sigmoid", "discrete")
+
+
+def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy, summed over the batch (the PGD attack loss)."""
+    return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
+def cw_loss(logits: Tensor, y: Tensor, confidence: float = 50.0) -> Tensor:
+    """The FAT papers' C&W margin loss, summed: −relu(z_y − max_{j≠y} z_j + confidence)."""
+    logits = logits.float()
+    onehot = F.one_hot(y, logits.shape[1]).to(torch.bool)
+    correct = logits.gather(1, y[:, None]).squeeze(1)
+    # The largest wrong logit: the true class is masked with −inf (the official code uses −1e4).
+    wrong = logits.masked_fill(onehot, float("-inf")).amax(dim=1)
+    return -F.relu(correct - wrong + confidence).sum()
+
+
+def kl_loss(logits_adv: Tensor, logits_clean: Tensor) -> Tensor:
+    """TRADES' attack loss KL(f(x) ‖ f(x')), summed; ``logits_clean`` must be detached."""
+    return F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_clean.float(), dim=1),
+                    reduction="sum")
+
+
+def gair_weights(kappa: Tensor, steps: int, lam: float, func: str = "tanh") -> Tensor:
+    """GAIRAT's per-sample weights from κ (SPEC §2.3), normalised to sum to N, without gradient.
+
+    With h = ⌊K/2⌋: tanh w = (1 + tanh(λ + 5(h − κ)/h))/2; sigmoid w = σ(λ + 5(h − κ)/h);
+    discrete w = (K + 1 − κ)/(K + 1). λ = +∞ gives all ones (plain adversarial training).
+    """
+    if not isinstance(kappa, Tensor) or kappa.dim() != 1:
+        raise TypeError("kappa must be a 1-D tensor of per-sample counts")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if func not in WEIGHT_FUNCS:
+        raise ValueError(f"func must be one of {', '.join(WEIGHT_FUNCS)}, got {func!r}")
+    lam = float(lam)
+    if math.isnan(lam):
+        raise ValueError("lam must not be nan")
+    k = kappa.detach().to(torch.float32)
+    if k.numel() == 0:
+        return k
+    if lam == math.inf:
+        return torch.ones_like(k)
+    if func == "discrete":
+        w = (steps + 1 - k) / (steps + 1)
+    else:
+        h = max(steps // 2, 1)  # K = 1 would make h = 0: guard the division
+        z = lam + 5.0 * (h - k) / h
+        w = (1.0 + torch.tanh(z)) / 2.0 if func == "tanh" else torch.sigmoid(z)
+    return w * (k.numel() / w.sum())
