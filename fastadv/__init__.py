@@ -1,4 +1,7 @@
-"""fastadv: fast, exact adversarial training (fused kernels, early-stopped PGD with compaction)."""
+"""fastadv: fast adversarial training (AT, FAT, TRADES, MART, GAIRAT, GAIR-FAT) on fused kernels."""
 __version__ = "0.1.0"
 
 from . import ops  # noqa: F401  (registers torch.ops.fastadv.*)
+from . import attacks, data, losses, models  # noqa: E402,F401
+from .evaluation import evaluate  # noqa: E402,F401
+from .training import Trainer, TrainResult, train  # noqa: E402,F401

@@ -1,0 +1,213 @@
+"""The ``fastadv`` command (also ``python -m fastadv``).
+
+    fastadv train --method fat --tau 1 [--dataset digits --epochs 10 ...]   train, per-epoch table
+    fastadv eval CHECKPOINT [--attacks natural fgsm pgd20 cw30 --any-iterate]  robustness table
+    fastadv plot RUN_DIR [--out curves.png]                                  accuracy + BP curves
+
+Every option of ``fastadv.train`` has a ``--kebab-case`` twin; numbers accept fractions
+(``--eps 8/255``); booleans are ``--resume/--no-resume`` style flags.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from fractions import Fraction
+from typing import List, Optional
+
+
+def _number(text: str) -> float:
+    """A float, a fraction such as ``8/255``, or ``inf``."""
+    try:
+        if "/" in text:
+            return float(Fraction(text))
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+
+
+def _tau(text: str):
+    if text.lower() == "dynamic":
+        return "dynamic"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tau must be an int >= 0 or 'dynamic', got {text!r}")
+
+
+def _optional_int(text: str):
+    if text.lower() in ("none", "all"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an int: {text!r}")
+
+
+def _augment(text: str):
+    low = text.lower()
+    if low in ("none", "false", "off", "no"):
+        return None
+    if low in ("true", "default", "on", "yes"):
+        return True
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .training.config import LR_SCHEDULES, METHODS, WEIGHT_FUNCS
+    p = argparse.ArgumentParser(prog="fastadv", description="Fast, exact adversarial training.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (per-epoch table, checkpoints, CSV/JSON log)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--method", default="fat", choices=list(METHODS))
+    t.add_argument("--tau", type=_tau, default=None, help="int or 'dynamic' (fat* methods; default 1)")
+    t.add_argument("--dataset", default="digits")
+    t.add_argument("--data-dir", default=None)
+    t.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
+    t.add_argument("--model", default=None, help="default: small_cnn (digits/mnist), preact_resnet18")
+    t.add_argument("--preset", default=None, choices=["paper"])
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=_number, default=None)
+    t.add_argument("--lr-schedule", default=None, choices=list(LR_SCHEDULES))
+    t.add_argument("--momentum", type=_number, default=None)
+    t.add_argument("--weight-decay", type=_number, default=None)
+    t.add_argument("--eps", type=_number, default=None, help="e.g. 8/255")
+    t.add_argument("--alpha", type=_number, default=None)
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--omega", type=_number, default=None)
+    t.add_argument("--beta", type=_number, default=None)
+    t.add_argument("--lam", type=_number, default=None)
+    t.add_argument("--weight-func", default=None, choices=list(WEIGHT_FUNCS))
+    t.add_argument("--gair-start", type=int, default=None)
+    t.add_argument("--augment", type=_augment, default=True)
+    t.add_argument("--train-samples", type=_optional_int, default=None)
+    t.add_argument("--eval-samples", type=_optional_int, default=None)
+    t.add_argument("--eval-every", type=int, default=1)
+    t.add_argument("--eval-batch-size", type=int, default=256)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None)
+    t.add_argument("--amp", default=None, choices=["bf16", "none"])
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    t.add_argument("--out-dir", default=None)
+    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint (natural, FGSM, PGD-20, C&W∞, ...)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("checkpoint")
+    e.add_argument("--attacks", nargs="+", default=["natural", "fgsm", "pgd20", "cw30"])
+    e.add_argument("--eps", type=_number, default=None, help="default: the checkpoint's training eps")
+    e.add_argument("--any-iterate", action=argparse.BooleanOptionalAction, default=False)
+    e.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--split", default="test")
+    e.add_argument("--max-samples", type=_optional_int, default=None)
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, help="JSON file (default: eval_<checkpoint>.json beside it)")
+
+    pl = sub.add_parser("plot", help="accuracy and BP curves of a run folder to a PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="default: RUN_DIR/curves.png")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .training.api import train
+    opts = {k: v for k, v in vars(args).items() if k not in ("command",)}
+    method = opts.pop("method")
+    train(method=method, **opts)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+    from . import models
+    from .data import load_dataset
+    from .evaluation import evaluate
+    from .training.checkpoint import load_checkpoint
+    state = load_checkpoint(args.checkpoint)
+    meta = state.get("meta") or {}
+    missing = [k for k in ("model", "num_classes", "in_channels") if k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint: {args.checkpoint} lacks {missing} (not written by fastadv train)")
+    model = models.create(meta["model"], num_classes=meta["num_classes"],
+                          in_channels=meta["in_channels"])
+    model.load_state_dict(state["model"])
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).eval()
+    dataset = args.dataset or meta.get("dataset")
+    if dataset is None:
+        raise ValueError("--dataset: the checkpoint names no dataset; pass --dataset")
+    data = load_dataset(dataset, data_dir=args.data_dir or (state.get("config") or {}).get("data_dir"),
+                        split=args.split)
+    eps = args.eps if args.eps is not None else meta.get("eps")
+    if eps is None:
+        raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
+                                   f"eval_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
+    torch.manual_seed(args.seed)  # the attacks' random starts
+    print(f"{args.checkpoint}: {meta['model']} on {dataset} ({args.split})")
+    evaluate(model, data, attacks=args.attacks, eps=eps, any_iterate=args.any_iterate,
+             batch_size=args.batch_size, max_samples=args.max_samples, device=device, out=out)
+    print(f"wrote {out}")
+    return 0
+
+
+def plot_run(run_dir: str, out: Optional[str] = None) -> str:
+    """Draw accuracy (train nat/adv, test nat/PGD-20) and BP (updates, executed) per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .training.logging import read_history
+    h = read_history(run_dir)
+    if not h:
+        raise ValueError(f"run_dir: {run_dir!r} has an empty history")
+    ep = [r["epoch"] for r in h]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("train_nat_acc", "train natural"), ("train_adv_acc", "train adversarial"),
+                       ("test_nat_acc", "test natural"), ("test_pgd20_acc", "test PGD-20")):
+        pts = [(e, r.get(key)) for e, r in zip(ep, h) if r.get(key) is not None]
+        if pts:
+            a1.plot(*zip(*pts), marker="o", label=label)
+    a1.set_xlabel("epoch"), a1.set_ylabel("accuracy (%)"), a1.legend(), a1.grid(alpha=0.3)
+    a2.plot(ep, [r["bp_avg"] for r in h], marker="o", label="BP (updates / image)")
+    a2.plot(ep, [r["bp_executed_avg"] for r in h], marker="s", label="executed backward passes")
+    a2.set_xlabel("epoch"), a2.set_ylabel("per training image"), a2.legend(), a2.grid(alpha=0.3)
+    a2.set_ylim(bottom=0)
+    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.tight_layout()
+    out = out or os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def cmd_plot(args) -> int:
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command]
+    from .data import DownloadError
+    try:
+        return handler(args)
+    except (ValueError, TypeError, FileNotFoundError, DownloadError) as e:
+        # Bad options and missing files: one clear line, exit status 2 (like argparse).
+        print(f"fastadv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Robustness evaluation with the FAT papers' protocol (SPEC §4).
+
+``fastadv.evaluate(model, data, attacks=("natural", "fgsm", "pgd20", "cw30"), eps=8/255)``
+
+=============  ===============================================================================
+name           attack (all L∞, uniform random start, inputs in [0, 1])
+=============  ===============================================================================
+``natural``    none: clean accuracy
+``fgsm``       1 step, α = ε
+``pgdK``       K steps of CE, α = ε/4 (``pgd20``, ``pgd100``, …)
+``cwK``        K steps of the CW margin loss (confidence 50), α = ε/4 (``cw30``: the papers' C&W∞)
+``pgd+``       5 restarts × 40 steps, α = 0.01; robust only if correct at every check of every
+               restart (scored any-iterate whatever ``any_iterate`` says)
+=============  ===============================================================================
+
+The final iterate is scored, unless ``any_iterate=True``: then a sample counts as broken as soon as
+any check (a forward pass at an iterate) misclassifies it, and it leaves the batch at once
+(``EarlyStopPGD(tau=0)``, compacted), so the attack is stronger and cheaper; survivors' last
+iterate gets one final check.
+
+``data``: an :class:`~fastadv.data.ImageDataset`, a tuple ``(x, y)`` of tensors (x in [0, 1] or
+uint8), or any iterable of ``(x, y)`` batches (e.g. a ``BatchLoader``). Returns a dict
+``{"n", "eps", "any_iterate", "accuracy": {name: %}, "seconds": {name: s}}``; ``out=`` also
+writes it as JSON; ``verbose`` prints a table.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "cw30")
+PGD_PLUS = {"restarts": 5, "steps": 40, "alpha": 0.01}
+
+
+def parse_attack(name: str) -> Dict:
+    """``name`` → ``{"kind", "steps", "alpha" (a function of ε), "loss", "restarts"}``."""
+    if not isinstance(name, str):
+        raise TypeError(f"attacks: names must be strings, got {name!r}")
+    key = name.lower().replace("_", "").replace("-", "")
+    if key == "natural" or key == "clean":
+        return {"kind": "natural"}
+    if key == "fgsm":
+        return {"kind": "pgd", "steps": 1, "alpha": lambda e: e, "loss": "ce", "restarts": 1}
+    if key in ("pgd+", "pgdplus"):
+        return {"kind": "pgd+", "steps": PGD_PLUS["steps"], "alpha": lambda e: PGD_PLUS["alpha"],
+                "loss": "ce", "restarts": PGD_PLUS["restarts"]}
+    m = re.fullmatch(r"(pgd|cw)(\d+)", key)
+    if m and int(m.group(2)) >= 1:
+        return {"kind": "pgd", "steps": int(m.group(2)), "alpha": lambda e: e / 4,
+                "loss": "ce" if m.group(1) == "pgd" else "cw", "restarts": 1}
+    raise ValueError(f"attacks: unknown attack {name!r}; use natural, fgsm, pgdK (e.g. pgd20), "
+                     f"cwK (e.g. cw30) or pgd+")
+
+
+def _batches(data, batch_size: int, device, max_samples: Optional[int]) -> Iterator[Tuple[Tensor, Tensor]]:
+    from .data import ImageDataset
+    if isinstance(data, ImageDataset):
+        data = (data.images, data.labels)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        x_all, y_all = data
+        if x_all.shape[0] != y_all.shape[0]:
+            raise ValueError(f"data: {x_all.shape[0]} images but {y_all.shape[0]} labels")
+        n = x_all.shape[0] if max_samples is None else min(max_samples, x_all.shape[0])
+        for lo in range(0, n, batch_size):
+            x = x_all[lo:min(lo + batch_size, n)].to(device)
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x
+            yield x, y_all[lo:lo + x.shape[0]].to(device)
+        return
+    if not isinstance(data, Iterable):
+        raise TypeError(f"data must be an ImageDataset, a tuple (x, y) or an iterable of batches, "
+                        f"got {type(data).__name__}")
+    seen = 0
+    for batch in data:
+        x, y = batch[0].to(device), batch[1].to(device)
+        if max_samples is not None:
+            if seen >= max_samples:
+                return
+            x, y = x[:max_samples - seen], y[:max_samples - seen]
+        seen += x.shape[0]
+        yield (x.float().div_(255) if x.dtype == torch.uint8 else x), y
+
+
+def _predict(model, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def _robust_mask(model, spec, x: Tensor, y: Tensor, eps: float, any_iterate: bool) -> Tensor:
+    """Bool [N]: True where the sample resists the attack ``spec``."""
+    from . import attacks
+    if spec["kind"] == "natural":
+        return _predict(model, x) == y
+    steps, alpha, loss = spec["steps"], spec["alpha"](eps), spec["loss"]
+    if spec["kind"] == "pgd" and not any_iterate:
+        x_adv = attacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start="uniform",
+                            loss=loss)(x, y)
+        return _predict(model, x_adv) == y
+    # Any-iterate scoring: EarlyStopPGD with τ = 0 removes a sample at its first wrong check.
+    robust = torch.ones_like(y, dtype=torch.bool)
+    for _ in range(spec["restarts"]):
+        idx = torch.nonzero(robust).flatten()  # later restarts attack only the still-robust
+        if idx.numel() == 0:
+            break
+        atk = attacks.EarlyStopPGD(model, eps=eps, alpha=alpha, steps=steps, tau=0,
+                                   random_start="uniform", loss=loss)
+        res = atk.run(x[idx], y[idx])
+        survived = res.updates == steps  # a leaver at check k got k < K updates
+        # Survivors' last iterate was never checked: one final check.
+        s_idx = torch.nonzero(survived).flatten()
+        ok = torch.zeros_like(survived)
+        if s_idx.numel():
+            ok[s_idx] = _predict(model, res.x_adv[s_idx]) == y[idx][s_idx]
+        robust[idx] = ok
+    return robust
+
+
+def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, eps: float = 8 / 255,
+             *, any_iterate: bool = False, batch_size: int = 256, max_samples: Optional[int] = None,
+             device=None, out: Optional[str] = None, verbose: bool = True) -> Dict:
+    """Accuracy (percent) of ``model`` under each of ``attacks`` (see the module doc)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(attacks, str):
+        attacks = (attacks,)
+    specs = {name: parse_attack(name) for name in attacks}
+    if not specs:
+        raise ValueError("attacks: give at least one attack")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    correct = {name: 0 for name in specs}
+    seconds = {name: 0.0 for name in specs}
+    n = 0
+    try:
+        for x, y in _batches(data, batch_size, device, max_samples):
+            n += x.shape[0]
+            for name, spec in specs.items():
+                t0 = time.perf_counter()
+                correct[name] += int(_robust_mask(model, spec, x, y, float(eps), any_iterate).sum())
+                seconds[name] += time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("data: no samples to evaluate")
+    result = {"n": n, "eps": float(eps), "any_iterate": bool(any_iterate),
+              "accuracy": {k: 100.0 * v / n for k, v in correct.items()}, "seconds": seconds}
+    if verbose:
+        print(format_table(result), file=sys.stdout, flush=True)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def format_table(result: Dict) -> str:
+    mode = "any iterate" if result["any_iterate"] else "final iterate"
+    lines = [f"n = {result['n']}, eps = {result['eps']:.4g} ({mode})",
+             f"{'attack':<10} {'accuracy %':>10} {'seconds':>8}"]
+    for name, acc in result["accuracy"].items():
+        lines.append(f"{name:<10} {acc:>10.2f} {result['seconds'][name]:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,335 @@
+"""The training loop, for people who bring their own model, optimizer and data.
+
+```python
+trainer = fastadv.Trainer(model, optimizer, method="fat", tau=1, eps=8/255, alpha=2/255, steps=10)
+stats = trainer.train_step(x, y)                  # one adversarial step on a batch, from your loop
+history = trainer.fit(train_loader, test_loader, epochs=10, out_dir="runs/mine")  # or the lot
+```
+
+One step: the attack runs with the model in eval mode (the attack switches it and restores it),
+then the update in train mode: ``loss(model(x_adv))`` (+ the natural branch for TRADES/MART),
+``backward``, ``optimizer.step()``. Per epoch the trainer reports BPs (Σ PGD updates / N, PGD-10
+= 10.00), executed BPs (Σ checks / N), the saving against PGD-K in both conventions, losses,
+accuracies, seconds and images/s.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .checkpoint import load_checkpoint, make_checkpoint, atomic_save, set_rng_state, unwrap
+from .config import METHODS, WEIGHT_FUNCS
+from .logging import RunLogger, progress_bar, use_progress
+from .objectives import ce_loss, mart_loss, trades_loss
+from .schedules import lam_at, tau_at
+
+
+def _finite_number(name: str, value, minimum=None, strict=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+class Trainer:
+    """Adversarial training of ``model`` with ``optimizer`` by ``method`` (see
+    :data:`fastadv.training.config.METHODS`).
+
+    ``tau``: int or ``"dynamic"`` (FAT methods; dynamic needs ``epochs``). ``lam``/``weight_func``/
+    ``gair_start``: GAIR reweighting (gairat, gair-fat; plain CE before epoch ``gair_start``).
+    ``beta``: TRADES/MART. ``omega``: FAT's exploration noise. ``lr_fn(epoch) -> lr`` sets the lr at
+    the start of each epoch; alternatively a torch ``scheduler`` is stepped after each epoch.
+    ``amp="bf16"``: autocast; ``channels_last``; ``compile``: ``torch.compile`` the model
+    (``dynamic=True``: early stopping shrinks the batch). ``eval_steps``: PGD steps of the
+    per-epoch robust evaluation (PGD-20, α = ε/4).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: str = "at", *,
+                 eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, tau=None,
+                 omega: float = 0.0, beta: Optional[float] = None, lam: Optional[float] = None,
+                 weight_func: str = "tanh", gair_start: Optional[int] = None,
+                 epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
+                 scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
+                 compile: bool = False, eval_steps: int = 20, progress: Optional[bool] = False,
+                 logger: Optional[RunLogger] = None, config: Optional[dict] = None,
+                 meta: Optional[dict] = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not isinstance(method, str) or method.lower() not in METHODS:
+            raise ValueError(f"method: unknown {method!r}; available: {', '.join(METHODS)}")
+        self.method = method.lower()
+        self.spec = METHODS[self.method]
+        _finite_number("eps", eps, 0)
+        _finite_number("alpha", alpha, 0)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if self.spec.has_tau:
+            tau = 1 if tau is None else tau
+            if tau != "dynamic" and (not isinstance(tau, int) or isinstance(tau, bool) or tau < 0):
+                raise ValueError(f"tau must be an int >= 0 or 'dynamic', got {tau!r}")
+            if tau == "dynamic" and not epochs:
+                raise ValueError("epochs: tau='dynamic' scales the official schedule to the number "
+                                 "of epochs; pass epochs=")
+            _finite_number("omega", omega, 0)
+        elif tau is not None:
+            raise ValueError(f"tau: method {self.method!r} has no early stopping")
+        if self.spec.has_beta:
+            beta = 6.0 if beta is None else beta
+            _finite_number("beta", beta, 0)
+        elif beta is not None:
+            raise ValueError(f"beta: method {self.method!r} has no beta (trades/mart methods only)")
+        if self.spec.gair:
+            lam = self.spec.default_lam if lam is None else lam
+            if weight_func not in WEIGHT_FUNCS:
+                raise ValueError(f"weight_func: unknown {weight_func!r}; available: {WEIGHT_FUNCS}")
+            gair_start = (epochs // 2 if epochs else 0) if gair_start is None else gair_start
+        elif lam is not None:
+            raise ValueError(f"lam: method {self.method!r} does not reweight (gairat/gair-fat only)")
+        if amp not in (None, "bf16"):
+            raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+
+        self.device = torch.device(device) if device is not None else next(
+            (p.device for p in model.parameters()), torch.device("cpu"))
+        self.model = model.to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The compiled module shares parameters with self.model (checkpoints use self.model).
+        self.fmodel = torch.compile(self.model, dynamic=True) if compile else self.model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.lr_fn = lr_fn
+        self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
+        self.tau, self.omega, self.beta = tau, float(omega), beta
+        self.lam, self.weight_func, self.gair_start = lam, weight_func, gair_start
+        self.epochs = epochs
+        self.amp = amp
+        self.channels_last = bool(channels_last)
+        self.eval_steps = int(eval_steps)
+        self.progress = progress
+        self.logger = logger
+        self.config = config
+        self.meta = meta or {}
+        self.history: List[Dict[str, Any]] = []
+        self.epoch = 0                   # epochs completed
+        self.best_pgd20: Optional[float] = None
+        self.set_epoch(0)
+
+    # ------------------------------------------------------------------ schedules / attack
+    def set_epoch(self, epoch: int) -> None:
+        """Select the τ, λ (and attack) of 0-based ``epoch``."""
+        self.current_epoch = epoch
+        self.current_tau = tau_at(self.method, self.tau, epoch, self.epochs or 1)
+        self.current_lam = lam_at(self.method, self.lam, epoch, self.gair_start)
+        self.attack = self._make_attack()
+
+    def _make_attack(self):
+        from .. import attacks
+        s = self.spec
+        common = dict(eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=s.random_start,
+                      loss=s.attack_loss)
+        if s.attack is None:
+            return None
+        if s.attack == "pgd":
+            return attacks.PGD(self.fmodel, **common)
+        if s.attack == "earlystop":
+            return attacks.EarlyStopPGD(self.fmodel, tau=self.current_tau, omega=self.omega, **common)
+        if s.attack == "gapgd":
+            return attacks.GAPGD(self.fmodel, **common)
+        raise AssertionError(s.attack)
+
+    def _autocast(self):
+        if self.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, x: Tensor, y: Tensor) -> Dict[str, Any]:
+        """One training step on the batch ``(x, y)`` (x in [0, 1]). Returns ``loss``,
+        ``nat_correct``, ``adv_correct`` (0-dim tensors: no host synchronisation; ``None`` where
+        not measured), ``n``, ``bp`` (Σ PGD updates) and ``bp_executed`` (Σ checks)."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        n = x.shape[0]
+        res = None
+        if self.attack is not None:
+            with self._autocast():
+                res = self.attack.run(x, y)  # eval mode inside; no parameter gradients
+        model = self.fmodel
+        self.model.train()
+        nat_correct = None
+        with self._autocast():
+            if self.spec.objective == "ce":
+                x_in = res.x_adv if res is not None else x
+                logits_adv = model(x_in).float()
+                weights = None
+                if self.spec.gair and self.current_lam is not None:
+                    from ..losses import gair_weights
+                    weights = gair_weights(res.kappa, self.steps, self.current_lam,
+                                           func=self.weight_func)
+                loss = ce_loss(logits_adv, y, weights)
+            else:
+                logits_nat = model(x).float()  # the official order: natural branch first
+                logits_adv = model(res.x_adv).float()
+                fn = trades_loss if self.spec.objective == "trades" else mart_loss
+                loss = fn(logits_nat, logits_adv, y, self.beta)
+                nat_correct = (logits_nat.detach().argmax(1) == y).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        adv_correct = (logits_adv.detach().argmax(1) == y).sum()
+        if res is None:
+            nat_correct, adv_correct = adv_correct, None  # standard training: clean = "adv" input
+        elif nat_correct is None:
+            # Clean accuracy of the CE methods: one extra no-grad eval-mode forward (cheap
+            # next to the K forward/backward passes of the attack; uses no RNG).
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                nat_correct = (model(x).argmax(1) == y).sum()
+            self.model.train()
+        return {"loss": loss.detach(), "nat_correct": nat_correct, "adv_correct": adv_correct, "n": n,
+                "bp": int(res.bp) if res is not None else 0,
+                "bp_executed": int(res.bp_executed) if res is not None else 0}
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, loader: Iterable, epoch: Optional[int] = None) -> Dict[str, Any]:
+        """Train one epoch (0-based ``epoch``, default: the next one) and return its row
+        (without the test columns)."""
+        epoch = self.epoch if epoch is None else epoch
+        self.set_epoch(epoch)
+        if self.lr_fn is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.lr_fn(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)  # the loader's order/augmentation of this epoch
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        nat = torch.zeros((), dtype=torch.int64, device=self.device)
+        adv = torch.zeros((), dtype=torch.int64, device=self.device)
+        n = bp = bp_exec = 0
+        try:
+            total = len(loader)
+        except TypeError:
+            total = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        for batch in progress_bar(loader, total, use_progress(self.progress),
+                                  desc=f"epoch {epoch + 1}"):
+            x, y = batch[0], batch[1]
+            s = self.train_step(x, y)
+            loss_sum += s["loss"].double() * s["n"]
+            nat += s["nat_correct"]
+            if s["adv_correct"] is not None:
+                adv += s["adv_correct"]
+            n += s["n"]
+            bp += s["bp"]
+            bp_exec += s["bp_executed"]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if n == 0:
+            raise ValueError("loader: yielded no samples")
+        has_attack = self.attack is not None
+        bp_avg = bp / n if has_attack else 0.0
+        bp_exec_avg = bp_exec / n if has_attack else 0.0
+        return {
+            "epoch": epoch + 1, "lr": lr, "tau": self.current_tau, "lam": self.current_lam,
+            "train_loss": float(loss_sum) / n, "train_nat_acc": 100.0 * int(nat) / n,
+            "train_adv_acc": 100.0 * int(adv) / n if has_attack else None,
+            "test_nat_acc": None, "test_pgd20_acc": None,
+            "bp_avg": bp_avg, "bp_executed_avg": bp_exec_avg,
+            # Saving against PGD-K: updates convention (official "BP") and executed backward passes.
+            "bp_saved": 100.0 * (1 - bp_avg / self.steps) if has_attack else None,
+            "bp_executed_saved": 100.0 * (1 - bp_exec_avg / self.steps) if has_attack else None,
+            "seconds": seconds, "images_per_sec": n / seconds if seconds > 0 else None,
+        }
+
+    def evaluate(self, data, max_samples: Optional[int] = None, batch_size: int = 256) -> Dict[str, float]:
+        """Natural and PGD-20 (α = ε/4, uniform start) accuracy in percent on ``data`` (any input
+        of :func:`fastadv.evaluate`): ``{"test_nat_acc", "test_pgd20_acc"}``."""
+        from ..evaluation import evaluate
+        name = f"pgd{self.eval_steps}"
+        with self._autocast():
+            r = evaluate(self.fmodel, data, attacks=("natural", name), eps=self.eps,
+                         batch_size=batch_size, max_samples=max_samples, device=self.device,
+                         verbose=False)
+        return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
+
+    # ------------------------------------------------------------------ the whole run
+    def fit(self, train_loader: Iterable, test_data=None, epochs: Optional[int] = None, *,
+            eval_every: int = 1, eval_samples: Optional[int] = None, eval_batch_size: int = 256,
+            out_dir: Optional[str] = None, loader_state: Optional[Callable[[], dict]] = None
+            ) -> List[Dict[str, Any]]:
+        """Train from ``self.epoch`` (0, or where a loaded checkpoint stopped) to ``epochs``.
+
+        Evaluates natural/PGD-20 accuracy on ``test_data`` (its first ``eval_samples``) every
+        ``eval_every`` epochs and after the last one. With ``out_dir``, writes ``last.pt`` every
+        epoch and ``best.pt`` whenever PGD-20 accuracy improves (atomically), plus the CSV/JSON
+        history. Returns the history (one dict per epoch)."""
+        epochs = self.epochs if epochs is None else epochs
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        self.epochs = epochs
+        logger = self.logger or RunLogger(out_dir, verbose=False)
+        for epoch in range(self.epoch, epochs):
+            row = self.train_epoch(train_loader, epoch)
+            if test_data is not None and eval_every and ((epoch + 1) % eval_every == 0
+                                                         or epoch + 1 == epochs):
+                t0 = time.perf_counter()
+                row.update(self.evaluate(test_data, max_samples=eval_samples,
+                                         batch_size=eval_batch_size))
+                row["eval_seconds"] = time.perf_counter() - t0
+            self.history.append(row)
+            self.epoch = epoch + 1
+            improved = row["test_pgd20_acc"] is not None and (
+                self.best_pgd20 is None or row["test_pgd20_acc"] > self.best_pgd20)
+            if improved:
+                self.best_pgd20 = row["test_pgd20_acc"]
+            if out_dir:
+                ckpt = make_checkpoint(model=self.model, optimizer=self.optimizer,
+                                       scheduler=self.scheduler, epoch=self.epoch,
+                                       history=self.history, config=self.config,
+                                       loader_state=loader_state() if loader_state else None,
+                                       best_pgd20=self.best_pgd20, meta=self.meta)
+                if improved:
+                    atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
+                atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
+            logger.log_epoch(row, self.history)
+        return self.history
+
+    def state_dict(self) -> Dict[str, Any]:
+        return make_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                               epoch=self.epoch, history=self.history, config=self.config,
+                               best_pgd20=self.best_pgd20, meta=self.meta)
+
+    def load_checkpoint(self, path_or_state, restore_rng: bool = True) -> Dict[str, Any]:
+        """Restore model, optimizer, scheduler, epoch, history, best and (by default) every RNG
+        from a checkpoint written by :meth:`fit` (a path or the loaded dict)."""
+        # Loaded on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        state = (load_checkpoint(path_or_state, map_location="cpu")
+                 if isinstance(path_or_state, (str, os.PathLike)) else path_or_state)
+        unwrap(self.model).load_state_dict(state["model"])
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state.get("history") or [])
+        self.best_pgd20 = state.get("best_pgd20")
+        if restore_rng and state.get("rng") is not None:
+            set_rng_state(state["rng"])
+        self.set_epoch(self.epoch)
+        return state

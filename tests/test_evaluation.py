@@ -1,0 +1,129 @@
+"""fastadv.evaluate: attack names, scoring (final and any iterate), inputs, JSON and table."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fastadv
+from fastadv import models
+from fastadv.data import BatchLoader, load_dataset
+from fastadv.evaluation import parse_attack
+
+
+class Threshold(nn.Module):
+    """Class 1 iff the mean pixel exceeds ``t``: the L∞ attack moves the mean by exactly ε, so
+    robust accuracy is known in closed form (a sample with label 1 and mean m is robust iff
+    m − ε > t; label 0 iff m + ε <= t)."""
+
+    def __init__(self, t=0.5):
+        super().__init__()
+        self.t = t
+        self.scale = nn.Parameter(torch.tensor(50.0))
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1)
+        z = self.scale * (m - self.t)
+        return torch.stack([-z, z], 1)
+
+
+@pytest.fixture(scope="module")
+def means_data():
+    # 40 constant images (4×4) of means 0.02 … 0.98 away from the clip bounds' influence.
+    m = torch.linspace(0.05, 0.95, 40)
+    x = m.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    y = (m > 0.5).long()
+    return x, y, m
+
+
+def expected_robust(m, y, eps, t=0.5):
+    return 100.0 * float(((y == 1) & (m - eps > t) | (y == 0) & (m + eps < t)).float().mean())
+
+
+def test_parse_attack_names():
+    assert parse_attack("pgd20")["steps"] == 20 and parse_attack("PGD-100")["steps"] == 100
+    assert parse_attack("cw30")["loss"] == "cw" and parse_attack("cw30")["alpha"](0.4) == 0.1
+    assert parse_attack("fgsm")["steps"] == 1 and parse_attack("fgsm")["alpha"](0.3) == 0.3
+    plus = parse_attack("pgd+")
+    assert (plus["restarts"], plus["steps"], plus["alpha"](1.0)) == (5, 40, 0.01)
+    with pytest.raises(ValueError, match="attacks"):
+        parse_attack("autoattack")
+
+
+@pytest.mark.parametrize("any_iterate", [False, True])
+def test_accuracies_match_closed_form(means_data, any_iterate, tmp_path, capsys):
+    x, y, m = means_data
+    model = Threshold()
+    model.train()
+    out = tmp_path / "eval.json"
+    eps = 0.1
+    r = fastadv.evaluate(model, (x, y), attacks=("natural", "fgsm", "pgd20", "cw30", "pgd+"),
+                         eps=eps, any_iterate=any_iterate, batch_size=16, out=str(out))
+    assert r["n"] == 40 and r["any_iterate"] is any_iterate
+    assert r["accuracy"]["natural"] == 100.0
+    want = expected_robust(m, y, eps)
+    assert 0 < want < 100
+    for name in ("pgd20", "cw30", "pgd+"):  # enough steps to reach the ball's corner
+        assert r["accuracy"][name] == pytest.approx(want), name
+    # FGSM's single step from a uniform start reaches the corner only for pixels whose noise
+    # was positive: weaker, but never stronger, than the optimum.
+    assert want <= r["accuracy"]["fgsm"] < 100
+    assert json.loads(out.read_text()) == r
+    printed = capsys.readouterr().out
+    assert "pgd20" in printed and f"{want:.2f}" in printed
+    assert model.training  # mode restored
+
+
+def test_eps_zero_equals_natural_and_inputs_agree():
+    ds = load_dataset("digits", split="test").subset(slice(0, 48))
+    torch.manual_seed(0)
+    model = models.create("small_cnn", num_classes=10, in_channels=1)
+    nn.init.normal_(model.classifier[-1].weight, std=0.5)  # a non-constant classifier
+    kw = dict(attacks=("natural", "pgd20"), eps=0.0, verbose=False)
+    a = fastadv.evaluate(model, ds, **kw)
+    b = fastadv.evaluate(model, (ds.float_images(), ds.labels), batch_size=7, **kw)
+    c = fastadv.evaluate(model, BatchLoader(ds, batch_size=20, shuffle=False, device="cpu"), **kw)
+    d = fastadv.evaluate(model, ds, any_iterate=True, **kw)
+    assert a["accuracy"]["natural"] == a["accuracy"]["pgd20"] == d["accuracy"]["pgd20"]
+    assert a["accuracy"] == b["accuracy"] == c["accuracy"]
+    assert 0 < a["accuracy"]["natural"] < 100
+    e = fastadv.evaluate(model, ds, max_samples=10, **kw)
+    assert e["n"] == 10
+
+
+def test_any_iterate_counts_a_sample_broken_at_an_intermediate_check():
+    # Wrong only while the mean pixel v is inside the band (0.46, 0.49). From x = 0.4 with ε = 0.1,
+    # CE ascent raises every pixel by α = 0.025 per step up to 0.5, so v climbs from ≈ 0.4 (the
+    # random start of 64 pixels moves the mean by < 0.03) to 0.5 in increments <= 0.025 < the
+    # band's width: some check falls inside the band, while the final iterate (v = 0.5) is correct.
+    class Band(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            v = x.flatten(1).mean(1) * self.w
+            inside = ((v > 0.46) & (v < 0.49)).float()
+            # the correct class' score falls with v, so CE ascent raises v monotonically
+            return torch.stack([1.5 - 10 * (v - 0.4) - 100 * inside, torch.zeros_like(v)], 1)
+
+    x = torch.full((1, 1, 8, 8), 0.4)
+    y = torch.zeros(1, dtype=torch.long)
+    kw = dict(attacks=("pgd10",), eps=0.1, verbose=False)
+    final = fastadv.evaluate(Band(), (x, y), **kw)
+    anyit = fastadv.evaluate(Band(), (x, y), any_iterate=True, **kw)
+    assert final["accuracy"]["pgd10"] == 100.0  # the last iterate is classified correctly
+    assert anyit["accuracy"]["pgd10"] == 0.0
+
+
+def test_bad_arguments():
+    model = Threshold()
+    x, y = torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="eps"):
+        fastadv.evaluate(model, (x, y), eps=-1.0)
+    with pytest.raises(ValueError, match="attacks"):
+        fastadv.evaluate(model, (x, y), attacks=("pgd0",))
+    with pytest.raises(TypeError, match="model"):
+        fastadv.evaluate(lambda t: t, (x, y))
+    with pytest.raises(ValueError, match="data"):
+        fastadv.evaluate(model, (x, y[:3]))
