@@ -443,3 +443,25 @@ def test_fast_backends_are_tested_on_ci():
     if not os.environ.get("CI"):
         pytest.skip("only CI guarantees a native build (set CI=1 to check a local build)")
     assert ("cpu", "native") in FAST and ("cpu", "triton") in FAST, FAST
+
+
+def test_public_functions_compile_through_the_registered_ops(monkeypatch):
+    """In eager the public functions run the op bodies directly; under torch.compile they must go
+    through torch.ops.fastadv (one opaque node each) and give the same result."""
+    from fastadv.ops import library
+
+    calls = []
+    monkeypatch.setitem(library.EAGER, "linf_step_",
+                        lambda *a: calls.append("eager") or library._step("linf_step", *a))
+
+    def attack_step(x, grad, x_nat):
+        ops.linf_step_(x, grad, x_nat, 0.03, 0.01)
+        return x * 1.0
+
+    x, grad, x_nat = make((4, 3, 6, 6), torch.float32, "cpu")
+    eager = attack_step(x.clone(), grad, x_nat)
+    assert calls == ["eager"]
+    torch._dynamo.reset()
+    compiled = torch.compile(attack_step, fullgraph=True, backend="eager")(x.clone(), grad, x_nat)
+    assert calls == ["eager"]  # the compiled graph called torch.ops.fastadv.linf_step_
+    assert torch.equal(eager, compiled)

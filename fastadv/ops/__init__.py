@@ -36,6 +36,14 @@ __all__ = ["linf_step_", "l2_step_", "random_start", "early_stop_update_", "comp
            "compact_rows", "linf_step_compact", "available_backends", "get_backend"]
 
 
+def _call(name: str, *args):
+    """``torch.ops.fastadv.<name>`` while torch.compile traces; in eager, the op's body directly
+    (same code, without the ~40 µs dispatcher round trip)."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.fastadv, name)(*args)
+    return library.EAGER[name](*args)
+
+
 def linf_step_(x: Tensor, grad: Tensor, x_nat: Tensor, eps, alpha, clip_min: float = 0.0,
                clip_max: float = 1.0, *, noise: Optional[Tensor] = None, check: bool = True) -> Tensor:
     """L∞ PGD step in place: ``x ← clip(min(max(x + α·sign(grad) + noise, x_nat − ε), x_nat + ε))``.
@@ -48,7 +56,7 @@ def linf_step_(x: Tensor, grad: Tensor, x_nat: Tensor, eps, alpha, clip_min: flo
     n = x.shape[0]
     e = per_sample("eps", eps, n, x.device, check=check)
     a = per_sample("alpha", alpha, n, x.device, check=check)
-    torch.ops.fastadv.linf_step_(x, grad, x_nat, e, a, noise, clip_min, clip_max)
+    _call("linf_step_", x, grad, x_nat, e, a, noise, clip_min, clip_max)
     return x
 
 
@@ -61,7 +69,7 @@ def l2_step_(x: Tensor, grad: Tensor, x_nat: Tensor, eps, alpha, clip_min: float
     n = x.shape[0]
     e = per_sample("eps", eps, n, x.device, check=check)
     a = per_sample("alpha", alpha, n, x.device, check=check)
-    torch.ops.fastadv.l2_step_(x, grad, x_nat, e, a, noise, clip_min, clip_max)
+    _call("l2_step_", x, grad, x_nat, e, a, noise, clip_min, clip_max)
     return x
 
 
@@ -90,7 +98,7 @@ def random_start(x_nat: Tensor, eps, kind: Optional[str] = "uniform", sigma: flo
     else:
         scale = per_sample("sigma", sigma, n, x_nat.device, check=check)
         r.normal_(0.0, 1.0, generator=generator)
-    return torch.ops.fastadv.start_from_noise(x_nat, r, scale, kind == "uniform", clip_min, clip_max)
+    return _call("start_from_noise", x_nat, r, scale, kind == "uniform", clip_min, clip_max)
 
 
 def early_stop_update_(logits: Tensor, y: Tensor, budget: Tensor, kappa: Tensor) -> Tensor:
@@ -108,7 +116,7 @@ def early_stop_update_(logits: Tensor, y: Tensor, budget: Tensor, kappa: Tensor)
     check_index_vector("y", y, n, dev, (torch.int64, torch.int32))
     check_index_vector("budget", budget, n, dev)
     check_index_vector("kappa", kappa, n, dev)
-    return torch.ops.fastadv.early_stop_update_(logits, y, budget, kappa)
+    return _call("early_stop_update_", logits, y, budget, kappa)
 
 
 def compaction_plan(leave: Tensor) -> tuple[Tensor, int]:
@@ -118,7 +126,7 @@ def compaction_plan(leave: Tensor) -> tuple[Tensor, int]:
         raise TypeError(f"leave must be a torch.Tensor, got {type(leave).__name__}")
     if leave.dtype != torch.bool or leave.dim() != 1:
         raise TypeError(f"leave must be a 1-D bool tensor, got {leave.dtype} of shape {tuple(leave.shape)}")
-    dest, count = torch.ops.fastadv.compaction_plan(leave)
+    dest, count = _call("compaction_plan", leave)
     return dest, int(count)
 
 
@@ -150,7 +158,7 @@ def compact_rows(src: Tensor, dest: Tensor, n_active: int, index: Optional[Tenso
     _check_plan(src, dest, n_active)
     if out is not None:
         _check_out(out, index, src)
-    return torch.ops.fastadv.compact_rows(src, dest, index, out, n_active)
+    return _call("compact_rows", src, dest, index, out, n_active)
 
 
 def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps, alpha, dest: Tensor,
@@ -171,7 +179,7 @@ def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps, alpha, dest: 
     n = x.shape[0]
     e = per_sample("eps", eps, n, x.device, check=check)
     a = per_sample("alpha", alpha, n, x.device, check=check)
-    return torch.ops.fastadv.linf_step_compact(x, grad, x_nat, e, a, noise, dest, index, out,
+    return _call("linf_step_compact", x, grad, x_nat, e, a, noise, dest, index, out,
                                                n_active, clip_min, clip_max)
 
 

@@ -11,7 +11,10 @@ All arithmetic is done in float32 and rounded once to the storage dtype, in this
            d *= min(1, eps / max(||d||_2, 1e-12));  y = clamp(x_nat + d, clip_min, clip_max)
 
 Backends must reproduce the L∞ step bit for bit (every operation in it is exactly rounded in
-float32); the L2 step involves a reduction, so backends match it to float32 rounding.
+float32), with two documented exceptions that no comparison can see: the sign of a zero where
+``torch.maximum``/``minimum`` meet a (+0, −0) tie (torch's own scalar and vectorised loops disagree
+there), and NaN payloads (a NaN stays a NaN). The L2 step involves a reduction, so backends match
+it to float32 rounding.
 """
 from __future__ import annotations
 
