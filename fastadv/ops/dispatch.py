@@ -8,7 +8,8 @@ and a ``supports(device) -> bool``:
 - ``triton``: Triton kernels, for CUDA tensors (and on the CPU under ``TRITON_INTERPRET=1``);
 - ``reference``: plain PyTorch, always available.
 
-Default order: CPU → native, reference. CUDA → native, triton, reference. The native CUDA kernels
+Default order: CPU → native, reference (then the Triton interpreter, when switched on, which
+is never picked by default). CUDA → native, triton, reference. The native CUDA kernels
 come first because at adversarial-training batch sizes one step moves only a few MB (~10 µs of
 HBM traffic), where a C++ launch (~5 µs) beats Triton's Python launch path (~20-40 µs); both are
 memory-bound and reach the same bandwidth on large tensors. ``FASTADV_BACKEND=reference|triton|native``
@@ -24,7 +25,8 @@ from types import ModuleType
 import torch
 
 BACKEND_NAMES = ("native", "triton", "reference")
-_ORDER = {"cpu": ("native", "reference"), "cuda": ("native", "triton", "reference")}
+# On the CPU, Triton runs only in its interpreter (a correctness tool, slower than the reference).
+_ORDER = {"cpu": ("native", "reference", "triton"), "cuda": ("native", "triton", "reference")}
 _MODULES = {"native": "fastadv.ops.native", "triton": "fastadv.ops.triton_kernels",
             "reference": "fastadv.ops.reference"}
 _loaded: dict[str, object] = {}

@@ -1,0 +1,519 @@
+"""The Triton backend: every kernel of ``fastadv.ops.reference`` as a Triton kernel (SPEC §1).
+
+Runs on CUDA devices, and on the CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set
+before this module is imported; the test suite does that in ``tests/conftest.py``). If ``triton``
+is not installed, importing this module raises ``ImportError`` and the dispatcher skips it.
+
+The functions have the names, signatures and semantics of ``fastadv.ops.reference`` and take the
+normalised inputs of ``fastadv.ops.library``: row-dense tensors that share one memory layout (so a
+sample is D consecutive elements: element j of row i is at ``base + i*D + j``, for contiguous and
+channels_last alike), ``eps``/``alpha``/``scale`` float32 [N], ``noise`` float32 or None, contiguous
+int64 index vectors. Every kernel is handed 1-D views of that memory (see :func:`_flat`).
+
+Numerics (bit-exact with the reference for the L∞ step, the random start, the early-stop update
+and compaction; the L2 step to float32 rounding):
+
+- loads are decoded to float32 and results rounded once to the storage dtype. bfloat16 is moved as
+  its int16 bits and converted with integer arithmetic (round to nearest even, NaN -> 0x7FC0, as
+  c10 does): the interpreter's own float32 -> bfloat16 cast truncates (and its "rtne" mode rounds
+  ties away from zero), so ``.to(tl.bfloat16)`` would be 1 ulp off. float16 uses Triton's casts
+  (IEEE round to nearest even on the GPU and in numpy).
+- the operations run in the reference's order; min/max/clamp are written as selects with torch's
+  NaN propagation (``tl.maximum``/``tl.minimum`` drop NaNs on the GPU by default); sign(±0) = 0.
+- no FMA contraction: every launch passes ``enable_fp_fusion=False`` (Triton then emits no
+  ``llvm.fma`` for ``a*b + c`` and runs ptxas with ``--fmad=false``). The interpreter evaluates
+  each operation separately in numpy, so it never fuses, and it ignores that launch option.
+- the L2 step uses ``tl.sqrt_rn``/``tl.div_rn`` (IEEE-rounded; ``tl.sqrt`` and ``/`` may be
+  approximate on the GPU) and float32 partial sums (another summation order than torch.norm).
+
+Launch shapes: each program handles a [ROWS, BLOCK_D] tile with ROWS·BLOCK_D <= ``_BLOCK`` elements
+(8192 in the interpreter, whose cost grows with the number of programs; 4096 on the GPU); rows that
+fit in a tile are batched into one program. No autotuning (more than one config fails in the
+interpreter). Compaction masks rows whose ``dest``/``index`` is out of range instead of writing out
+of bounds (a host-side check would cost a synchronisation).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+import triton  # ImportError here means "no Triton backend" to the dispatcher
+import triton.language as tl
+
+# Read once, as Triton itself decides at decoration time whether kernels are interpreted.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+_BLOCK = 8192 if _INTERPRET else 4096  # elements per program (tile)
+_SCAN_BLOCK = 1024  # elements per iteration of the single-program prefix sum (compaction_plan)
+_NUM_WARPS = 8
+_LAUNCH = dict(num_warps=_NUM_WARPS, enable_fp_fusion=False)
+
+L2_NORM_FLOOR = 1e-12  # the reference's guard of ||g|| and ||delta|| (rounded to float32 in kernels)
+
+# Storage codecs (the KIND constexpr): how a floating tensor's elements are loaded and stored.
+_F32, _F16, _BF16 = 0, 1, 2
+_KIND = {torch.float32: _F32, torch.float16: _F16, torch.bfloat16: _BF16}
+# Integer types of each element size, for raw (bitwise) row copies of any dtype.
+_RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def supports(device: torch.device) -> bool:
+    """CUDA devices (Triton is importable); the CPU only under ``TRITON_INTERPRET=1``."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    return kind == "cpu" and _INTERPRET
+
+
+# ----------------------------------------------------------------------------- host helpers
+def _inner_key(t: Tensor) -> tuple:
+    """The memory order of a sample (strides of the non-batch, non-size-1 dimensions)."""
+    return tuple(s for s, n in zip(t.stride()[1:], t.shape[1:]) if n != 1)
+
+
+def _flat(t: Tensor, like: Optional[Tensor] = None, name: str = "tensor") -> Tensor:
+    """A 1-D view of a row-dense tensor's memory (element j of row i at i*D + j).
+
+    The kernels index memory themselves, so each tensor is passed as this view (the interpreter
+    then sees exactly the memory the GPU would). ``like``: the tensor whose layout ``t`` must share.
+    """
+    dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
+        or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
+    if not dense:
+        raise ValueError(f"{name}: rows must be dense blocks (contiguous or channels_last), "
+                         f"got strides {tuple(t.stride())}")
+    if like is not None and (_inner_key(t) != _inner_key(like) or t.shape[1:] != like.shape[1:]):
+        raise ValueError(f"{name}: must have the shape and memory layout of a sample of the batch")
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _storage(t: Tensor, name: str) -> tuple[Tensor, int]:
+    """(the tensor as the kernels load it, its codec): bfloat16 travels as its int16 bits."""
+    kind = _KIND.get(t.dtype)
+    if kind is None:
+        raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
+    return (t.view(torch.int16) if kind == _BF16 else t), kind
+
+
+def _raw(t: Tensor) -> Tensor:
+    """A flat tensor's memory as integers of the same element size (bytes for odd sizes)."""
+    size = t.element_size()
+    return t.view(_RAW[size]) if size in _RAW else t.view(torch.uint8)
+
+
+def _vec(v: Tensor, n: int, dtype: torch.dtype, name: str) -> Tensor:
+    if v.shape != (n,) or v.dtype != dtype:
+        raise ValueError(f"{name}: expected a {dtype} vector of shape [{n}], got {v.dtype} {tuple(v.shape)}")
+    return v.contiguous()
+
+
+def _tile(n: int, d: int, block: int = _BLOCK) -> tuple[int, int]:
+    """(ROWS, BLOCK_D) of a tile of at most ``block`` elements covering rows of ``d`` elements."""
+    bd = min(triton.next_power_of_2(max(d, 1)), block)
+    rows = max(1, min(block // bd, triton.next_power_of_2(max(n, 1))))
+    return rows, bd
+
+
+def _grid(n: int, d: int, rows: int, bd: int) -> tuple[int, int]:
+    # Rows on axis 0 (up to 2^31 - 1 programs), column blocks on axis 1 (65535 at most on CUDA).
+    return triton.cdiv(n, rows), triton.cdiv(d, bd)
+
+
+# ----------------------------------------------------------------------------- device helpers
+@triton.jit
+def _dec(raw, KIND: tl.constexpr):
+    """Storage value -> float32 (exact)."""
+    if KIND == 2:  # bfloat16 bits (int16): the high half of a float32
+        v = (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        v = raw.to(tl.float32)
+    return v
+
+
+@triton.jit
+def _enc(v, KIND: tl.constexpr):
+    """float32 -> storage value, rounded once to nearest even."""
+    if KIND == 2:
+        u = v.to(tl.uint32, bitcast=True)
+        r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        r = tl.where(v != v, 0x7FC0, r)
+        out = r.to(tl.uint16).to(tl.int16, bitcast=True)
+    elif KIND == 1:
+        out = v.to(tl.float16)
+    else:
+        out = v
+    return out
+
+
+@triton.jit
+def _linf_value(x, g, xn, e, a, nz, lo, hi, HAS_NOISE: tl.constexpr):
+    """clip(proj_inf(x + a*sign(g) [+ nz], xn, e)) in the reference's order (see fastadv_math.h)."""
+    s = tl.where(g > 0.0, 1.0, tl.where(g < 0.0, -1.0, 0.0))  # sign(±0) = sign(NaN) = 0
+    y = x + a * s
+    if HAS_NOISE:
+        y = y + nz
+    below = xn - e
+    above = xn + e
+    nan = (y != y) | (below != below) | (above != above)
+    r = tl.where(y < below, below, y)  # torch.maximum(y, below)
+    r = tl.where(above < r, above, r)  # torch.minimum(r, above)
+    r = tl.where(r < lo, lo, r)  # clamp(lo, hi); the bounds are never NaN
+    r = tl.where(hi < r, hi, r)
+    return tl.where(nan, float("nan"), r)
+
+
+# ----------------------------------------------------------------------------- L∞ step
+@triton.jit
+def _linf_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi,
+                 KIND: tl.constexpr, HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    mask = rmask[:, None] & (cols < D)[None, :]
+    offs = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    e = tl.load(eps_ptr + rows, mask=rmask, other=0.0)[:, None]
+    a = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)[:, None]
+    x = _dec(tl.load(x_ptr + offs, mask=mask, other=0), KIND)
+    g = _dec(tl.load(g_ptr + offs, mask=mask, other=0), KIND)
+    xn = _dec(tl.load(xn_ptr + offs, mask=mask, other=0), KIND)
+    nz = 0.0
+    if HAS_NOISE:
+        nz = tl.load(nz_ptr + offs, mask=mask, other=0.0)
+    r = _linf_value(x, g, xn, e, a, nz, lo, hi, HAS_NOISE)
+    tl.store(x_ptr + offs, _enc(r, KIND), mask=mask)
+
+
+def linf_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
+              noise: Optional[Tensor], clip_min: float, clip_max: float) -> None:
+    """In place on ``x``: x <- clip(proj_inf(x + alpha*sign(grad) [+ noise]))."""
+    n = x.shape[0]
+    if n == 0 or x.numel() == 0:
+        return
+    d = x.numel() // n
+    xs, kind = _storage(x, "x")
+    gs, _ = _storage(grad, "grad")
+    ns, _ = _storage(x_nat, "x_nat")
+    fx = _flat(xs, name="x")
+    fg, fn = _flat(gs, x, "grad"), _flat(ns, x, "x_nat")
+    fz = _flat(noise, x, "noise") if noise is not None else fx
+    rows, bd = _tile(n, d)
+    _linf_kernel[_grid(n, d, rows, bd)](
+        fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),
+        n, d, float(clip_min), float(clip_max),
+        KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
+
+
+# ----------------------------------------------------------------------------- L2 step
+@triton.jit
+def _l2_delta(x_ptr, g_ptr, xn_ptr, nz_ptr, offs, mask, a, gn, KIND: tl.constexpr, HAS_NOISE: tl.constexpr):
+    """(delta = x + a*(g/||g||) [+ noise] - xn, xn) for one tile, as the reference rounds it."""
+    x = _dec(tl.load(x_ptr + offs, mask=mask, other=0), KIND)
+    g = _dec(tl.load(g_ptr + offs, mask=mask, other=0), KIND)
+    xn = _dec(tl.load(xn_ptr + offs, mask=mask, other=0), KIND)
+    y = x + a * tl.div_rn(g, gn)
+    if HAS_NOISE:
+        y = y + tl.load(nz_ptr + offs, mask=mask, other=0.0)
+    return tl.where(mask, y - xn, 0.0), xn
+
+
+@triton.jit
+def _l2_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi,
+               KIND: tl.constexpr, HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    # One program owns ROWS whole rows and makes three passes over them: ||g||, ||delta||, write.
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < N
+    base = rows.to(tl.int64)[:, None] * D
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    for start in range(0, D, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < D)[None, :]
+        g = _dec(tl.load(g_ptr + base + cols[None, :], mask=mask, other=0), KIND)
+        acc += g * g
+    gn = tl.sqrt_rn(tl.sum(acc, axis=1))
+    gn = tl.where(gn < 1e-12, 1e-12, gn)[:, None]  # clamp_min(1e-12); NaN propagates
+    a = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)[:, None]
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    for start in range(0, D, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < D)[None, :]
+        d, xn = _l2_delta(x_ptr, g_ptr, xn_ptr, nz_ptr, base + cols[None, :], mask, a, gn, KIND, HAS_NOISE)
+        acc += d * d
+    dn = tl.sqrt_rn(tl.sum(acc, axis=1))
+    dn = tl.where(dn < 1e-12, 1e-12, dn)
+    e = tl.load(eps_ptr + rows, mask=rmask, other=0.0)
+    factor = tl.div_rn(e, dn)
+    factor = tl.where(factor > 1.0, 1.0, factor)[:, None]  # clamp(max=1); NaN propagates
+    for start in range(0, D, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < D)[None, :]
+        offs = base + cols[None, :]
+        d, xn = _l2_delta(x_ptr, g_ptr, xn_ptr, nz_ptr, offs, mask, a, gn, KIND, HAS_NOISE)
+        r = xn + d * factor
+        r = tl.where(r < lo, lo, r)
+        r = tl.where(hi < r, hi, r)
+        tl.store(x_ptr + offs, _enc(r, KIND), mask=mask)
+
+
+def l2_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
+            noise: Optional[Tensor], clip_min: float, clip_max: float) -> None:
+    """In place on ``x``: x <- clip(proj_2(x + alpha*grad/||grad|| [+ noise])), per sample."""
+    n = x.shape[0]
+    if n == 0 or x.numel() == 0:
+        return
+    d = x.numel() // n
+    xs, kind = _storage(x, "x")
+    gs, _ = _storage(grad, "grad")
+    ns, _ = _storage(x_nat, "x_nat")
+    fx = _flat(xs, name="x")
+    fg, fn = _flat(gs, x, "grad"), _flat(ns, x, "x_nat")
+    fz = _flat(noise, x, "noise") if noise is not None else fx
+    rows, bd = _tile(n, d)
+    _l2_kernel[(triton.cdiv(n, rows),)](
+        fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),
+        n, d, float(clip_min), float(clip_max),
+        KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
+
+
+# ----------------------------------------------------------------------------- random start
+@triton.jit
+def _start_kernel(out_ptr, xn_ptr, r_ptr, scale_ptr, N, D, lo, hi,
+                  KIND: tl.constexpr, UNIFORM: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    mask = rmask[:, None] & (cols < D)[None, :]
+    offs = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    s = tl.load(scale_ptr + rows, mask=rmask, other=0.0)[:, None]
+    xn = _dec(tl.load(xn_ptr + offs, mask=mask, other=0), KIND)
+    r = tl.load(r_ptr + offs, mask=mask, other=0.0)
+    if UNIFORM:
+        delta = (2.0 * r - 1.0) * s
+    else:
+        delta = r * s
+    v = xn + delta
+    v = tl.where(v < lo, lo, v)  # clamp: NaN propagates
+    v = tl.where(hi < v, hi, v)
+    tl.store(out_ptr + offs, _enc(v, KIND), mask=mask)
+
+
+def start_from_noise(x_nat: Tensor, r: Tensor, scale: Tensor, uniform: bool,
+                     clip_min: float, clip_max: float) -> Tensor:
+    """clip(x_nat + (2r - 1)*scale) (uniform) or clip(x_nat + r*scale) (normal), a new tensor."""
+    out = torch.empty_like(x_nat)  # preserve_format: a row-dense input keeps its strides
+    n = x_nat.shape[0]
+    if n == 0 or x_nat.numel() == 0:
+        return out
+    if r.dtype != torch.float32:
+        raise TypeError(f"r: expected float32, got {r.dtype}")
+    d = x_nat.numel() // n
+    xs, kind = _storage(x_nat, "x_nat")
+    os_, _ = _storage(out, "out")
+    rows, bd = _tile(n, d)
+    _start_kernel[_grid(n, d, rows, bd)](
+        _flat(os_, x_nat, "out"), _flat(xs, name="x_nat"), _flat(r, x_nat, "r"),
+        _vec(scale, n, torch.float32, "scale"), n, d, float(clip_min), float(clip_max),
+        KIND=kind, UNIFORM=bool(uniform), ROWS=rows, BLOCK_D=bd, **_LAUNCH)
+    return out
+
+
+# ----------------------------------------------------------------------------- early stop
+@triton.jit
+def _early_stop_kernel(logits_ptr, y_ptr, budget_ptr, kappa_ptr, leave_ptr, M, C,
+                       KIND: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < M
+    base = rows.to(tl.int64)[:, None] * C
+    # Running argmax with torch's rules: the first index of the maximum; the first NaN wins.
+    best = tl.full([ROWS], float("-inf"), tl.float32)
+    best_idx = tl.zeros([ROWS], dtype=tl.int32)
+    found_nan = tl.zeros([ROWS], dtype=tl.int32)
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        mask = rmask[:, None] & (cols < C)[None, :]
+        v = _dec(tl.load(logits_ptr + base + cols[None, :], mask=mask, other=0), KIND)
+        is_nan = (v != v) & mask
+        nan_idx = tl.min(tl.where(is_nan, cols[None, :], C), axis=1)
+        vmax = tl.max(tl.where(mask & (v == v), v, float("-inf")), axis=1)
+        idx = tl.min(tl.where(mask & (v == vmax[:, None]), cols[None, :], C), axis=1)
+        new_nan = (found_nan == 0) & (nan_idx < C)
+        better = (found_nan == 0) & (nan_idx >= C) & (vmax > best)  # strict: ties keep the first
+        best_idx = tl.where(new_nan, nan_idx, tl.where(better, idx, best_idx))
+        best = tl.where(better, vmax, best)
+        found_nan = tl.where(new_nan, 1, found_nan)
+    y = tl.load(y_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    budget = tl.load(budget_ptr + rows, mask=rmask, other=0)
+    kappa = tl.load(kappa_ptr + rows, mask=rmask, other=0)
+    wrong = best_idx.to(tl.int64) != y
+    leave = wrong & (budget == 0)
+    budget = budget - tl.where(wrong & (budget != 0), 1, 0).to(tl.int64)
+    kappa = kappa + tl.where(wrong, 0, 1).to(tl.int64)
+    tl.store(budget_ptr + rows, budget, mask=rmask)
+    tl.store(kappa_ptr + rows, kappa, mask=rmask)
+    tl.store(leave_ptr + rows, tl.where(leave, 1, 0).to(tl.uint8), mask=rmask)
+
+
+def early_stop_update(logits: Tensor, y: Tensor, budget: Tensor, kappa: Tensor) -> Tensor:
+    """wrong = argmax(logits) != y; leave = wrong & budget == 0; budget -= wrong & ~leave;
+    kappa += ~wrong (in place on int64 ``budget``/``kappa``). Returns ``leave`` (bool [M])."""
+    m = logits.shape[0]
+    leave = torch.zeros(m, dtype=torch.uint8, device=logits.device)
+    if m == 0:
+        return leave.view(torch.bool)
+    if logits.dim() != 2 or not logits.is_contiguous():
+        raise ValueError(f"logits: expected a contiguous [M, C] tensor, got {tuple(logits.shape)}")
+    c = logits.shape[1]
+    if c == 0:
+        raise ValueError("logits: needs at least one class")
+    if y.dtype not in (torch.int32, torch.int64) or y.shape != (m,):
+        raise ValueError(f"y: expected an int64/int32 vector of shape [{m}], got {y.dtype} {tuple(y.shape)}")
+    if not (budget.is_contiguous() and kappa.is_contiguous()):
+        raise ValueError("budget, kappa: must be contiguous (they are updated in place)")
+    _vec(budget, m, torch.int64, "budget")
+    _vec(kappa, m, torch.int64, "kappa")
+    ls, kind = _storage(logits, "logits")
+    rows, bc = _tile(m, c)
+    _early_stop_kernel[(triton.cdiv(m, rows),)](
+        ls, y.contiguous(), budget, kappa, leave, m, c, KIND=kind, ROWS=rows, BLOCK_C=bc, **_LAUNCH)
+    return leave.view(torch.bool)
+
+
+# ----------------------------------------------------------------------------- compaction
+@triton.jit
+def _plan_kernel(leave_ptr, dest_ptr, count_ptr, M, BLOCK: tl.constexpr):
+    # One program scans the mask in chunks (M is a batch size), carrying the running count.
+    carry = tl.zeros([1], dtype=tl.int64)
+    for start in range(0, M, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < M
+        lv = tl.load(leave_ptr + offs, mask=mask, other=1)
+        keep = tl.where(mask & (lv == 0), 1, 0).to(tl.int32)
+        incl = tl.cumsum(keep, axis=0).to(tl.int64) + carry
+        tl.store(dest_ptr + offs, tl.where(keep != 0, incl - 1, -1), mask=mask)
+        carry += tl.sum(keep, axis=0).to(tl.int64)
+    tl.store(count_ptr + tl.arange(0, 1), carry)
+
+
+def compaction_plan(leave: Tensor) -> tuple[Tensor, Tensor]:
+    """(dest int64 [M]: packed row of each staying sample in stable order, -1 for leavers;
+    n_active int64 0-dim tensor). No host synchronisation."""
+    m = leave.shape[0]
+    dest = torch.empty(m, dtype=torch.int64, device=leave.device)
+    count = torch.zeros((), dtype=torch.int64, device=leave.device)
+    if m == 0:
+        return dest, count
+    if leave.dtype != torch.bool or leave.dim() != 1:
+        raise TypeError(f"leave: expected a 1-D bool tensor, got {leave.dtype} {tuple(leave.shape)}")
+    _plan_kernel[(1,)](leave.contiguous().view(torch.uint8), dest, count.view(1), m,
+                       BLOCK=_SCAN_BLOCK, **_LAUNCH)
+    return dest, count
+
+
+@triton.jit
+def _compact_kernel(src_ptr, dest_ptr, index_ptr, out_ptr, packed_ptr, M, D, P, R,
+                    HAS_OUT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < M
+    cmask = (cols < D)[None, :]
+    dest = tl.load(dest_ptr + rows, mask=rmask, other=-1)
+    stay = rmask & (dest >= 0) & (dest < P)  # an out-of-range plan is never written out of bounds
+    v = tl.load(src_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=rmask[:, None] & cmask)
+    to = tl.where(stay, dest, 0)
+    tl.store(packed_ptr + to[:, None] * D + cols[None, :], v, mask=stay[:, None] & cmask)
+    if HAS_OUT:
+        index = tl.load(index_ptr + rows, mask=rmask, other=-1)
+        go = rmask & (dest < 0) & (index >= 0) & (index < R)
+        to = tl.where(go, index, 0)
+        tl.store(out_ptr + to[:, None] * D + cols[None, :], v, mask=go[:, None] & cmask)
+
+
+def compact_rows(src: Tensor, dest: Tensor, index: Optional[Tensor], out: Optional[Tensor],
+                 packed: Tensor) -> None:
+    """packed[dest[i]] = src[i] where dest[i] >= 0; out[index[i]] = src[i] where dest[i] < 0.
+
+    ``src`` of any dtype and rank >= 1; rows are copied bit for bit. ``out``/``index`` may be None.
+    """
+    m = src.shape[0]
+    if m == 0 or src.numel() == 0:
+        return
+    if (index is None) != (out is None):
+        raise ValueError("index and out must be given together")
+    if packed.dtype != src.dtype or (out is not None and out.dtype != src.dtype):
+        raise ValueError("packed and out must have src's dtype")
+    s = _raw(_flat(src, name="src"))
+    d = s.numel() // m
+    p = _raw(_flat(packed, src, "packed")) if packed.numel() else s  # 0 rows: never written
+    o, ix, r = s, dest, 0
+    if out is not None:
+        o = _raw(_flat(out, src, "out")) if out.numel() else s
+        ix, r = _vec(index, m, torch.int64, "index"), out.shape[0]
+    rows, bd = _tile(m, d)
+    _compact_kernel[_grid(m, d, rows, bd)](
+        s, _vec(dest, m, torch.int64, "dest"), ix, o, p, m, d, packed.shape[0], r,
+        HAS_OUT=out is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
+
+
+@triton.jit
+def _linf_compact_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, dest_ptr, index_ptr,
+                         out_ptr, x_next_ptr, xn_next_ptr, N, D, P, R, lo, hi,
+                         KIND: tl.constexpr, HAS_NOISE: tl.constexpr, ROWS: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    cmask = (cols < D)[None, :]
+    mask = rmask[:, None] & cmask
+    offs = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    dest = tl.load(dest_ptr + rows, mask=rmask, other=-1)
+    index = tl.load(index_ptr + rows, mask=rmask, other=-1)
+    stay = rmask & (dest >= 0) & (dest < P)
+    go = rmask & (dest < 0) & (index >= 0) & (index < R)
+    e = tl.load(eps_ptr + rows, mask=rmask, other=0.0)[:, None]
+    a = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)[:, None]
+    x_raw = tl.load(x_ptr + offs, mask=mask, other=0)
+    xn_raw = tl.load(xn_ptr + offs, mask=mask, other=0)
+    g = _dec(tl.load(g_ptr + offs, mask=mask, other=0), KIND)
+    nz = 0.0
+    if HAS_NOISE:
+        nz = tl.load(nz_ptr + offs, mask=mask, other=0.0)
+    r = _linf_value(_dec(x_raw, KIND), g, _dec(xn_raw, KIND), e, a, nz, lo, hi, HAS_NOISE)
+    to = tl.where(stay, dest, 0).to(tl.int64)[:, None] * D + cols[None, :]
+    smask = stay[:, None] & cmask
+    tl.store(x_next_ptr + to, _enc(r, KIND), mask=smask)
+    tl.store(xn_next_ptr + to, xn_raw, mask=smask)
+    back = tl.where(go, index, 0).to(tl.int64)[:, None] * D + cols[None, :]
+    tl.store(out_ptr + back, x_raw, mask=go[:, None] & cmask)  # a leaver keeps its iterate
+
+
+def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
+                      noise: Optional[Tensor], dest: Tensor, index: Tensor, out: Tensor,
+                      x_next: Tensor, x_nat_next: Tensor, clip_min: float, clip_max: float) -> None:
+    """One kernel: leavers (dest < 0): out[index[i]] = x[i]; the others:
+    x_next[dest[i]] = linf_step(x[i]), x_nat_next[dest[i]] = x_nat[i]. ``x`` is not modified."""
+    n = x.shape[0]
+    if n == 0 or x.numel() == 0:
+        return
+    d = x.numel() // n
+    xs, kind = _storage(x, "x")
+    fx = _flat(xs, name="x")
+    fg = _flat(_storage(grad, "grad")[0], x, "grad")
+    fn = _flat(_storage(x_nat, "x_nat")[0], x, "x_nat")
+    fz = _flat(noise, x, "noise") if noise is not None else fx
+    for t, name in ((out, "out"), (x_next, "x_next"), (x_nat_next, "x_nat_next")):
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name}: expected {x.dtype}, got {t.dtype}")
+    if x_next.shape[0] != x_nat_next.shape[0]:
+        raise ValueError("x_next and x_nat_next must have the same number of rows")
+    # Tensors with no rows are never written (every row fails the range test): pass x instead.
+    fo = _flat(_storage(out, "out")[0], x, "out") if out.numel() else fx
+    fxn = _flat(_storage(x_next, "x_next")[0], x, "x_next") if x_next.numel() else fx
+    fnn = _flat(_storage(x_nat_next, "x_nat_next")[0], x, "x_nat_next") if x_nat_next.numel() else fx
+    rows, bd = _tile(n, d)
+    _linf_compact_kernel[_grid(n, d, rows, bd)](
+        fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),
+        _vec(dest, n, torch.int64, "dest"), _vec(index, n, torch.int64, "index"), fo, fxn, fnn,
+        n, d, x_next.shape[0], out.shape[0], float(clip_min), float(clip_max),
+        KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
