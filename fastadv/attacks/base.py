@@ -161,16 +161,17 @@ class Attack:
 
     @contextlib.contextmanager
     def _attack_mode(self):
-        model = self.model
-        was_training = model.training if isinstance(model, nn.Module) else None
-        if was_training:
-            model.eval()
+        # Every submodule's own mode is restored (a frozen BN inside a training model stays frozen).
+        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else []
+        modes = [m.training for m in modules]
+        if modules:
+            self.model.eval()
         try:
             with torch.enable_grad():
                 yield
         finally:
-            if was_training:
-                model.train()
+            for m, mode in zip(modules, modes):
+                m.training = mode
 
     def _clean_logits(self, x_nat: Tensor) -> Tensor:
         """TRADES' target distribution: the clean logits, computed once and detached."""
@@ -178,8 +179,20 @@ class Attack:
             return self.model(x_nat).detach().float()
 
     def _start(self, x_nat: Tensor, eps: Tensor) -> Tensor:
+        if self.norm == "l2" and self.random_start == "uniform":
+            return self._l2_ball_start(x_nat, eps)
         return ops.random_start(x_nat, eps, self.random_start, sigma=self.sigma,
                                 clip_min=self.clip_min, clip_max=self.clip_max, check=False)
+
+    def _l2_ball_start(self, x_nat: Tensor, eps: Tensor) -> Tensor:
+        """A uniform start for the L2 ball: a random direction times a radius ε·U(0, 1)
+        (torchattacks' PGDL2), so that every output, even an unstepped start, is within ε."""
+        n = x_nat.shape[0]
+        g = torch.randn(x_nat.shape, dtype=torch.float32, device=x_nat.device)
+        radius = eps * torch.rand(n, device=x_nat.device)
+        scale = radius / g.reshape(n, -1).norm(dim=1).clamp_min(1e-12)
+        delta = g * scale.view((-1,) + (1,) * (g.dim() - 1))
+        return (x_nat.float() + delta).clamp_(self.clip_min, self.clip_max).to(x_nat.dtype)
 
     def _check(self, x: Tensor, y: Tensor, clean: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """One check at iterate ``x``: the detached logits and d loss / d x."""
