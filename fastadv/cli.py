@@ -4,6 +4,10 @@
     fastadv eval CHECKPOINT [--attacks natural fgsm pgd20 cw30 --any-iterate]  robustness table
     fastadv plot RUN_DIR [--out curves.png]                                  accuracy + BP curves
 
+Multi-GPU / multi-node: ``torchrun --nproc_per_node=8 -m fastadv train ...`` (and ``eval``):
+every process joins the process group from torchrun's environment (NCCL on GPUs, gloo on CPUs);
+rank 0 prints and writes the files (see :mod:`fastadv.training.distributed`).
+
 Every option of ``fastadv.train`` has a ``--kebab-case`` twin; numbers accept fractions
 (``--eps 8/255``); booleans are ``--resume/--no-resume`` style flags.
 """
@@ -78,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha", type=_number, default=None)
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--omega", type=_number, default=None)
+    t.add_argument("--random-start", default=None, choices=["uniform", "normal", "none"],
+                   help="override the method's random start (default: the method's own)")
     t.add_argument("--beta", type=_number, default=None)
     t.add_argument("--lam", type=_number, default=None)
     t.add_argument("--weight-func", default=None, choices=list(WEIGHT_FUNCS))
@@ -92,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", default=None, choices=["bf16", "none"])
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="DDP (torchrun): SyncBatchNorm (CUDA) instead of per-process BatchNorm")
     t.add_argument("--out-dir", default=None)
     t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -127,8 +135,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .training import distributed as dist_utils
+    device, created = dist_utils.init_distributed(args.device)
+    try:
+        return _cmd_eval(args, device)
+    finally:
+        if created:
+            dist_utils.cleanup_distributed()
+
+
+def _cmd_eval(args, device) -> int:
     import torch
     from . import models
+    from .training import distributed as dist_utils
     from .data import load_dataset
     from .evaluation import evaluate
     from .training.checkpoint import load_checkpoint
@@ -140,7 +159,6 @@ def cmd_eval(args) -> int:
     model = models.create(meta["model"], num_classes=meta["num_classes"],
                           in_channels=meta["in_channels"])
     model.load_state_dict(state["model"])
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
@@ -152,11 +170,19 @@ def cmd_eval(args) -> int:
         raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    f"eval_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
-    torch.manual_seed(args.seed)  # the attacks' random starts
-    print(f"{args.checkpoint}: {meta['model']} on {dataset} ({args.split})")
+    rank = dist_utils.get_rank()
+    # The attacks' random starts (distributed: a distinct stream per process).
+    torch.manual_seed(dist_utils.rank_seed(args.seed, rank) if dist_utils.is_distributed()
+                      else args.seed)
+    main = rank == 0
+    if main:
+        print(f"{args.checkpoint}: {meta['model']} on {dataset} ({args.split})"
+              + (f", {dist_utils.get_world_size()} processes" if dist_utils.is_distributed() else ""))
     evaluate(model, data, attacks=args.attacks, eps=eps, any_iterate=args.any_iterate,
-             batch_size=args.batch_size, max_samples=args.max_samples, device=device, out=out)
-    print(f"wrote {out}")
+             batch_size=args.batch_size, max_samples=args.max_samples, device=device, out=out,
+             distributed=True)
+    if main:
+        print(f"wrote {out}")
     return 0
 
 

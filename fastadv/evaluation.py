@@ -22,6 +22,13 @@ iterate gets one final check.
 uint8), or any iterable of ``(x, y)`` batches (e.g. a ``BatchLoader``). Returns a dict
 ``{"n", "eps", "any_iterate", "accuracy": {name: %}, "seconds": {name: s}}``; ``out=`` also
 writes it as JSON; ``verbose`` prints a table.
+
+``distributed=True`` (every rank of an initialised process group must call it, with the same
+data): rank ``r`` of ``W`` evaluates rows ``r, r + W, …`` (batches ``r, r + W, …`` of an iterable),
+the correct counts and ``n`` are summed over the ranks (exact: no padding), ``seconds`` are the
+slowest rank's, and only rank 0 prints and writes ``out``. The result then also holds
+``world_size`` and ``local`` (this rank's ``n`` and correct counts). Pass the underlying module
+(``ddp.module``), not the DDP wrapper. Without a process group it is the single-process call.
 """
 from __future__ import annotations
 
@@ -61,7 +68,11 @@ def parse_attack(name: str) -> Dict:
                      f"cwK (e.g. cw30) or pgd+")
 
 
-def _batches(data, batch_size: int, device, max_samples: Optional[int]) -> Iterator[Tuple[Tensor, Tensor]]:
+def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: int = 0,
+             world_size: int = 1) -> Iterator[Tuple[Tensor, Tensor]]:
+    """Batches of ``data`` (its first ``max_samples``); with ``world_size`` > 1 only rank
+    ``rank``'s share: rows ``rank::world_size`` of tensors, batches ``rank::world_size`` of an
+    iterable."""
     from .data import ImageDataset
     if isinstance(data, ImageDataset):
         data = (data.images, data.labels)
@@ -70,6 +81,10 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int]) -> Itera
         if x_all.shape[0] != y_all.shape[0]:
             raise ValueError(f"data: {x_all.shape[0]} images but {y_all.shape[0]} labels")
         n = x_all.shape[0] if max_samples is None else min(max_samples, x_all.shape[0])
+        if world_size > 1:
+            rows = torch.arange(rank, n, world_size)
+            x_all, y_all = x_all[rows.to(x_all.device)], y_all[rows.to(y_all.device)]
+            n = rows.numel()
         for lo in range(0, n, batch_size):
             x = x_all[lo:min(lo + batch_size, n)].to(device)
             x = x.float().div_(255) if x.dtype == torch.uint8 else x
@@ -79,13 +94,16 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int]) -> Itera
         raise TypeError(f"data must be an ImageDataset, a tuple (x, y) or an iterable of batches, "
                         f"got {type(data).__name__}")
     seen = 0
-    for batch in data:
-        x, y = batch[0].to(device), batch[1].to(device)
+    for i, batch in enumerate(data):
+        x, y = batch[0], batch[1]
         if max_samples is not None:
             if seen >= max_samples:
                 return
             x, y = x[:max_samples - seen], y[:max_samples - seen]
         seen += x.shape[0]
+        if world_size > 1 and i % world_size != rank:
+            continue
+        x, y = x.to(device), y.to(device)
         yield (x.float().div_(255) if x.dtype == torch.uint8 else x), y
 
 
@@ -125,7 +143,8 @@ def _robust_mask(model, spec, x: Tensor, y: Tensor, eps: float, any_iterate: boo
 
 def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, eps: float = 8 / 255,
              *, any_iterate: bool = False, batch_size: int = 256, max_samples: Optional[int] = None,
-             device=None, out: Optional[str] = None, verbose: bool = True) -> Dict:
+             device=None, out: Optional[str] = None, verbose: bool = True,
+             distributed: bool = False) -> Dict:
     """Accuracy (percent) of ``model`` under each of ``attacks`` (see the module doc)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -140,6 +159,12 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
         raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    from torch.nn.parallel import DistributedDataParallel
+    if isinstance(model, DistributedDataParallel):
+        model = model.module  # attacks take input gradients: never through the DDP wrapper
+    from .training import distributed as dist_utils
+    distributed = bool(distributed) and dist_utils.is_distributed()
+    rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if distributed else (0, 1)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -148,7 +173,7 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
     seconds = {name: 0.0 for name in specs}
     n = 0
     try:
-        for x, y in _batches(data, batch_size, device, max_samples):
+        for x, y in _batches(data, batch_size, device, max_samples, rank, world):
             n += x.shape[0]
             for name, spec in specs.items():
                 t0 = time.perf_counter()
@@ -156,10 +181,24 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
                 seconds[name] += time.perf_counter() - t0
     finally:
         model.train(was_training)
+    local = None
+    if distributed:
+        local = {"n": n, "correct": dict(correct)}
+        names = list(specs)
+        sums = dist_utils.all_reduce_sum(torch.tensor([n] + [correct[k] for k in names],
+                                                      dtype=torch.float64)).tolist()
+        n = int(round(sums[0]))
+        correct = {k: int(round(v)) for k, v in zip(names, sums[1:])}
+        seconds = {k: dist_utils.all_reduce_max(seconds[k]) for k in names}
     if n == 0:
         raise ValueError("data: no samples to evaluate")
     result = {"n": n, "eps": float(eps), "any_iterate": bool(any_iterate),
               "accuracy": {k: 100.0 * v / n for k, v in correct.items()}, "seconds": seconds}
+    if distributed:
+        result["world_size"] = world
+        result["local"] = local
+    if rank != 0:
+        return result  # rank 0 prints and writes
     if verbose:
         print(format_table(result), file=sys.stdout, flush=True)
     if out:

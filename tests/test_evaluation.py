@@ -37,7 +37,7 @@ def means_data():
 
 
 def expected_robust(m, y, eps, t=0.5):
-    return 100.0 * float(((y == 1) & (m - eps > t) | (y == 0) & (m + eps < t)).float().mean())
+    return 100.0 * float(((y == 1) & (m - eps > t) | (y == 0) & (m + eps < t)).double().mean())  # float64: 80.0 exactly, as the evaluator counts
 
 
 def test_parse_attack_names():

@@ -9,6 +9,14 @@ augmentation of epoch e depend on ``(seed, e)`` only; the attacks' random starts
 from the global torch RNG, whose state (with numpy's and python's) is in every checkpoint. So a
 run killed at any point and resumed with ``resume=True`` ends with the same history (up to
 timings) as an uninterrupted one on the CPU.
+
+Distributed (``torchrun --nproc_per_node=N -m fastadv train ...``; ``WORLD_SIZE > 1`` in the
+environment): every rank joins the process group (NCCL on GPUs, gloo on the CPU), builds the same
+model from ``seed`` (DDP broadcasts rank 0's weights anyway), then reseeds its RNGs with
+``rank_seed(seed, rank)``; ``batch_size`` is the global batch (``batch_size / N`` per rank, a
+multiple of N required), each rank trains on its shard (:class:`ShardedBatchLoader`); rank 0 alone
+prints, logs and writes checkpoints, every rank resumes from them. The process group is destroyed
+when ``train`` returns (if ``train`` created it). See :mod:`fastadv.training.distributed`.
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import distributed as dist_utils
+from .checkpoint import load_checkpoint
 from .config import TrainConfig, default_out_dir, resolve_config
 from .logging import RunLogger
 from .schedules import lr_at
@@ -60,8 +70,9 @@ def train(method: str = "fat", tau=None, **options) -> TrainResult:
     """Train with ``method`` (standard, at, fat, trades, fat-trades, mart, fat-mart, gairat,
     gair-fat). Options: see :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir,
     model, preset, epochs, batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps,
-    omega, beta, lam, weight_func, gair_start, augment, train_samples, eval_samples, eval_every,
-    seed, device, amp, channels_last, compile, out_dir, resume, progress, verbose).
+    omega, random_start, beta, lam, weight_func, gair_start, augment, train_samples, eval_samples,
+    eval_every, seed, device, amp, channels_last, compile, sync_bn, out_dir, resume, progress,
+    verbose). Under ``torchrun`` (``WORLD_SIZE > 1``) the run is distributed (see the module doc).
 
     ``out_dir=None`` uses ``runs/<dataset>-<method>[-tau<τ>]-s<seed>``; pass ``out_dir=False`` to
     write nothing (no checkpoints, no logs)."""
@@ -71,27 +82,57 @@ def train(method: str = "fat", tau=None, **options) -> TrainResult:
     if options.get("out_dir") is False:
         options["out_dir"] = None
     cfg = resolve_config(method, **options)
-    from ..data import BatchLoader, load_dataset
+    world = dist_utils.env_world_size() if not dist_utils.is_distributed() else \
+        dist_utils.get_world_size()
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"batch_size: {cfg.batch_size} is the global batch and must be a "
+                         f"multiple of the {world} processes (each trains on batch_size / {world})")
+    device, created_group = dist_utils.init_distributed(cfg.device)
+    try:
+        return _train(cfg, write, device)
+    finally:
+        if created_group:
+            dist_utils.cleanup_distributed()
 
-    # Data first: a missing dataset fails before anything else is built.
+
+def _train(cfg: TrainConfig, write: bool, device: torch.device) -> TrainResult:
+    from ..data import BatchLoader, load_dataset
+    distributed = dist_utils.is_distributed()
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    main = rank == 0
+
+    # Data first: a missing dataset fails before anything else is built. Distributed: rank 0
+    # loads (downloads) first, the others wait and then read the files it wrote.
+    if distributed and not main:
+        dist_utils.barrier()
     train_ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="train", download=cfg.download)
     test_ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="test", download=cfg.download)
+    if distributed and main:
+        dist_utils.barrier()
     if cfg.train_samples is not None:
         train_ds = train_ds.subset(slice(0, cfg.train_samples))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = (cfg.out_dir or default_out_dir(cfg)) if write else None
     if write:
         cfg.out_dir = out_dir
 
     seed_everything(cfg.seed)
     model = build_model(cfg, train_ds.num_classes, train_ds.shape[0])
+    if distributed:
+        # Same initial weights everywhere (above); from here on, distinct per-rank streams
+        # (random starts, dropout, ω noise).
+        seed_everything(dist_utils.rank_seed(cfg.seed, rank))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    loader = BatchLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-                         device=device, seed=cfg.seed, channels_last=cfg.channels_last)
+    if distributed:
+        loader = dist_utils.ShardedBatchLoader(
+            train_ds, batch_size=cfg.batch_size // world, shuffle=True, augment=cfg.augment,
+            device=device, seed=cfg.seed, channels_last=cfg.channels_last)
+    else:
+        loader = BatchLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
+                             device=device, seed=cfg.seed, channels_last=cfg.channels_last)
     n_eval = len(test_ds) if cfg.eval_samples is None else min(cfg.eval_samples, len(test_ds))
     test_data = test_ds.subset(slice(0, n_eval))  # a fixed subset: the same images every epoch
-    logger = RunLogger(out_dir, verbose=cfg.verbose)
+    logger = RunLogger(out_dir if main else None, verbose=cfg.verbose and main)
     meta = {"model": cfg.model, "num_classes": train_ds.num_classes,
             "in_channels": train_ds.shape[0], "dataset": cfg.dataset, "eps": cfg.eps,
             "method": cfg.method}
@@ -101,20 +142,29 @@ def train(method: str = "fat", tau=None, **options) -> TrainResult:
                       epochs=cfg.epochs,
                       lr_fn=lambda e: lr_at(e, cfg.lr, cfg.epochs, cfg.lr_schedule),
                       device=device, amp=cfg.amp, channels_last=cfg.channels_last,
-                      compile=cfg.compile, progress=cfg.progress, logger=logger,
-                      config=_plain(cfg.to_dict()), meta=meta)
+                      compile=cfg.compile, progress=cfg.progress if main else False,
+                      logger=logger, config=_plain(cfg.to_dict()), meta=meta,
+                      random_start="method" if cfg.random_start is None else cfg.random_start,
+                      distributed=distributed, sync_bn=cfg.sync_bn)
 
     last = os.path.join(out_dir, "last.pt") if out_dir else None
     if cfg.resume:
-        if last and os.path.isfile(last):
-            state = trainer.load_checkpoint(last)
+        # Every rank loads the checkpoint; ranks that cannot see rank 0's file (multi-node
+        # without a shared filesystem) receive it from rank 0.
+        have = dist_utils.all_gather_objects(bool(last and os.path.isfile(last)))
+        if have[0]:
+            if all(have):
+                state = trainer.load_checkpoint(last)
+            else:
+                state = trainer.load_checkpoint(dist_utils.broadcast_object(
+                    load_checkpoint(last) if main else None))
             if state.get("config") and state["config"].get("method") != cfg.method:
                 raise ValueError(f"resume: {last} is a {state['config'].get('method')!r} run, "
                                  f"not {cfg.method!r}")
             logger.print(f"resumed from {last} after epoch {trainer.epoch}")
         else:
             logger.print(f"resume: no checkpoint at {last}; starting from scratch")
-    logger.print(_banner(cfg, train_ds, n_eval, device))
+    logger.print(_banner(cfg, train_ds, n_eval, device, world))
     if trainer.history:
         logger.write(trainer.history)  # the files match the checkpoint, whatever was there
     trainer.fit(loader, test_data, cfg.epochs, eval_every=cfg.eval_every,
@@ -136,7 +186,7 @@ def _plain(d: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _banner(cfg: TrainConfig, train_ds, n_eval: int, device) -> str:
+def _banner(cfg: TrainConfig, train_ds, n_eval: int, device, world: int = 1) -> str:
     extra = []
     if cfg.tau is not None:
         extra.append(f"tau={cfg.tau}")
@@ -144,10 +194,14 @@ def _banner(cfg: TrainConfig, train_ds, n_eval: int, device) -> str:
         extra.append(f"beta={cfg.beta:g}")
     if cfg.lam is not None:
         extra.append(f"lam={cfg.lam:g} from epoch {cfg.gair_start + 1}")
+    if cfg.random_start is not None:
+        extra.append(f"random_start={cfg.random_start}")
+    where = (f"{world} processes ({device.type}{', sync BN' if cfg.sync_bn else ''}, batch "
+             f"{cfg.batch_size // world} per process)" if world > 1 else str(device))
     return (f"fastadv: {cfg.method} {' '.join(extra)} | {cfg.dataset} ({len(train_ds)} train, "
             f"{n_eval} eval) | {cfg.model} | eps={cfg.eps:.4g} alpha={cfg.alpha:.4g} K={cfg.steps} "
             f"| {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.lr_schedule}) | "
-            f"{device}{' bf16' if cfg.amp else ''} | run folder: {cfg.out_dir}")
+            f"{where}{' bf16' if cfg.amp else ''} | run folder: {cfg.out_dir}")
 
 
 def _summary(logger: RunLogger, trainer: Trainer, cfg: TrainConfig) -> None:

@@ -5,7 +5,8 @@ so ``weights_only=True`` loads it:
 
 ``model`` (state dict), ``optimizer``, ``scheduler`` (state dict or None), ``epoch`` (epochs
 completed), ``rng`` (torch CPU, CUDA, numpy, python), ``loader`` (the loader's state), ``history``,
-``config``, ``best_pgd20``, ``meta`` (model name, classes, input shape: enough for ``fastadv eval``).
+``config``, ``best_pgd20``, ``meta``, ``world_size`` and ``rng_per_rank`` (every DDP rank's RNG
+states, rank order; None for a single process) (model name, classes, input shape: enough for ``fastadv eval``).
 Writes go to ``<path>.tmp`` then ``os.replace``: a crash leaves the previous file intact.
 """
 from __future__ import annotations
@@ -18,13 +19,16 @@ import numpy as np
 import torch
 
 
-def rng_state() -> Dict[str, Any]:
-    """Every RNG a training step touches, in weights_only-safe types."""
+def rng_state(cuda_device=None) -> Dict[str, Any]:
+    """Every RNG a training step touches, in weights_only-safe types. ``cuda_device``: capture
+    only that GPU's generator (a DDP rank's own), instead of every visible GPU's."""
     np_state = np.random.get_state(legacy=False)
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": ([] if not torch.cuda.is_available() else
+                 [torch.cuda.get_rng_state(cuda_device)] if cuda_device is not None else
+                 torch.cuda.get_rng_state_all()),
         "numpy": {"bit_generator": np_state["bit_generator"],
                   "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                   "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
@@ -33,11 +37,16 @@ def rng_state() -> Dict[str, Any]:
     }
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
+def set_rng_state(state: Dict[str, Any], cuda_device=None) -> None:
+    """Restore what :func:`rng_state` captured (``cuda_device``: as there; a single captured GPU
+    state is restored on ``cuda_device``, default the current GPU)."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if cuda_device is not None or len(state["cuda"]) == 1:
+            torch.cuda.set_rng_state(state["cuda"][0], cuda_device if cuda_device is not None
+                                     else torch.cuda.current_device())
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
     np.random.set_state({"bit_generator": n["bit_generator"],
                          "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
@@ -73,14 +82,19 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def make_checkpoint(*, model, optimizer, scheduler=None, epoch: int, history, config: Optional[dict],
                     loader_state: Optional[dict] = None, best_pgd20: Optional[float] = None,
-                    meta: Optional[dict] = None) -> Dict[str, Any]:
+                    meta: Optional[dict] = None, rng: Optional[Dict[str, Any]] = None,
+                    rng_per_rank: Optional[list] = None, world_size: int = 1) -> Dict[str, Any]:
+    """The checkpoint dict. ``rng``: default the calling process's states. Distributed runs (rank 0
+    writes) pass ``rng_per_rank``, every rank's states in rank order, and ``world_size``."""
     return {
         "format": "fastadv-checkpoint-1",
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
-        "rng": rng_state(),
+        "rng": rng if rng is not None else rng_state(),
+        "rng_per_rank": rng_per_rank,
+        "world_size": int(world_size),
         "loader": loader_state,
         "history": list(history),
         "config": config,

@@ -121,7 +121,7 @@ PAPER_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 PRESETS = (None, "paper")
 LR_SCHEDULES = ("constant", "piecewise", "cosine", "fat")
-WEIGHT_FUNCS = ("tanh", "sigmoid", "discrete")
+from ..losses import WEIGHT_FUNCS  # noqa: E402  (one list of GAIR weight functions)
 AMP_MODES = (None, "bf16")
 
 # --------------------------------------------------------------------------------- the options
@@ -147,6 +147,7 @@ class TrainConfig:
     alpha: Optional[float] = None
     steps: Optional[int] = None
     omega: Optional[float] = None               # FAT's ω·N(0, I) exploration noise
+    random_start: Optional[str] = None          # None: the method's; "uniform"|"normal"|"none"
     beta: Optional[float] = None                # TRADES/MART (default 6)
     lam: Optional[float] = None                 # GAIR λ (default −1 gairat, 0 gair-fat)
     weight_func: Optional[str] = None           # GAIR: tanh | sigmoid | discrete
@@ -161,6 +162,7 @@ class TrainConfig:
     amp: Optional[str] = None                   # None or "bf16" (autocast)
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False                       # DDP: SyncBatchNorm (CUDA) instead of per-rank BN
     out_dir: Optional[str] = None               # run folder (default runs/<dataset>-<method>...)
     resume: bool = False
     progress: Optional[bool] = None             # None: a tqdm bar only when stdout is a terminal
@@ -240,6 +242,21 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
     for opt in ("lam", "weight_func", "gair_start"):
         if getattr(cfg, opt) is not None and not spec.gair:
             _fail(opt, f"method {method!r} does not reweight; {opt} applies to gairat, gair-fat")
+    if cfg.random_start is not None:
+        if spec.attack is None:
+            _fail("random_start", f"method {method!r} runs no attack")
+        rs = cfg.random_start
+        if rs is False or (isinstance(rs, str) and rs.lower() in ("none", "off", "false")):
+            cfg.random_start = "none"
+        elif rs is True:
+            cfg.random_start = "uniform"
+        elif not isinstance(rs, str) or rs.lower() not in ("uniform", "normal"):
+            _fail("random_start", f"must be 'uniform', 'normal' or 'none' (None: the method's "
+                                  f"own), got {rs!r}")
+        else:
+            cfg.random_start = rs.lower()
+    if not isinstance(cfg.sync_bn, bool):
+        _fail("sync_bn", f"must be a bool, got {cfg.sync_bn!r}", TypeError)
     if not spec.has_tau:
         cfg.tau = None
         cfg.omega = None

@@ -11,6 +11,14 @@ then the update in train mode: ``loss(model(x_adv))`` (+ the natural branch for 
 ``backward``, ``optimizer.step()``. Per epoch the trainer reports BPs (Σ PGD updates / N, PGD-10
 = 10.00), executed BPs (Σ checks / N), the saving against PGD-K in both conventions, losses,
 accuracies, seconds and images/s.
+
+Distributed (DDP, under ``torchrun``; see :mod:`fastadv.training.distributed`): with a process
+group of more than one rank initialised (or ``distributed=True``, or a model already wrapped in
+``DistributedDataParallel``) the trainer wraps the model in DDP for the training forward/backward,
+runs the attack on the underlying module (eval mode, no gradient all-reduce), all-reduces the
+epoch's sums (so ``bp_avg`` = Σ_ranks updates / Σ_ranks samples), averages the BatchNorm running
+statistics over the ranks after each epoch, shards and reduces the evaluation, and writes logs and
+checkpoints on rank 0 only. Give each rank its shard of the data (:class:`ShardedBatchLoader`).
 """
 from __future__ import annotations
 
@@ -18,14 +26,17 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .checkpoint import load_checkpoint, make_checkpoint, atomic_save, set_rng_state, unwrap
+from .checkpoint import (load_checkpoint, make_checkpoint, atomic_save, rng_state, set_rng_state,
+                         unwrap)
 from .config import METHODS, WEIGHT_FUNCS
+from . import distributed as dist_utils
 from .logging import RunLogger, progress_bar, use_progress
 from .objectives import ce_loss, mart_loss, trades_loss
 from .schedules import lam_at, tau_at
@@ -48,7 +59,12 @@ class Trainer:
     the start of each epoch; alternatively a torch ``scheduler`` is stepped after each epoch.
     ``amp="bf16"``: autocast; ``channels_last``; ``compile``: ``torch.compile`` the model
     (``dynamic=True``: early stopping shrinks the batch). ``eval_steps``: PGD steps of the
-    per-epoch robust evaluation (PGD-20, α = ε/4).
+    per-epoch robust evaluation (PGD-20, α = ε/4). ``random_start``: ``"method"`` (the method's
+    own: uniform, or normal for TRADES) or an override, ``"uniform"``/``"normal"``/``None`` (off).
+
+    ``distributed``: ``None`` = automatic (DDP when a process group with more than one rank is
+    initialised or ``model`` is already a ``DistributedDataParallel``); ``sync_bn``: convert
+    BatchNorm to ``SyncBatchNorm`` (CUDA/NCCL) instead of per-rank batch statistics.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: str = "at", *,
@@ -59,7 +75,12 @@ class Trainer:
                  scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
                  compile: bool = False, eval_steps: int = 20, progress: Optional[bool] = False,
                  logger: Optional[RunLogger] = None, config: Optional[dict] = None,
-                 meta: Optional[dict] = None):
+                 meta: Optional[dict] = None, random_start="method",
+                 distributed: Optional[bool] = None, sync_bn: bool = False):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ddp = model if isinstance(model, DDP) else None
+        if ddp is not None:
+            model = ddp.module
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -96,14 +117,56 @@ class Trainer:
             raise ValueError(f"lam: method {self.method!r} does not reweight (gairat/gair-fat only)")
         if amp not in (None, "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+        if isinstance(random_start, str) and random_start.lower() == "none":
+            random_start = None
+        if random_start != "method":
+            from ..attacks.base import normalize_random_start
+            random_start = normalize_random_start(random_start)
+        self.random_start = self.spec.random_start if random_start == "method" else random_start
+        if distributed is None:
+            distributed = ddp is not None or dist_utils.is_distributed()
+        if distributed and not dist_utils.is_distributed():
+            raise ValueError("distributed=True needs an initialised process group with more than "
+                             "one rank (launch with torchrun; see fastadv.training.distributed)")
+        self.distributed = bool(distributed)
+        self.rank = dist_utils.get_rank() if self.distributed else 0
+        self.world_size = dist_utils.get_world_size() if self.distributed else 1
 
         self.device = torch.device(device) if device is not None else next(
             (p.device for p in model.parameters()), torch.device("cpu"))
         self.model = model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ddp = None
+        if self.distributed:
+            if ddp is None:
+                if sync_bn:
+                    if self.device.type != "cuda":
+                        raise ValueError("sync_bn: SyncBatchNorm needs CUDA (NCCL); on the CPU the "
+                                         "ranks keep per-rank BatchNorm")
+                    # Same Parameter objects: an optimizer built on the model stays valid.
+                    self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                # No buffer broadcast in the forward: per-rank BatchNorm statistics; the running
+                # statistics are averaged over the ranks after every epoch (train_epoch). (Newer
+                # torch spells it forward_sync_buffers=False, older broadcast_buffers=False.)
+                import inspect
+                sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in
+                           inspect.signature(DDP.__init__).parameters else "broadcast_buffers")
+                ddp = DDP(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                          else None, **{sync_kw: False})
+            self.ddp = ddp
+        elif sync_bn:
+            raise ValueError("sync_bn: only meaningful for a distributed (DDP) run")
         # The compiled module shares parameters with self.model (checkpoints use self.model).
+        # fmodel: the attack and evaluation (the underlying module, never the DDP wrapper, so no
+        # gradient all-reduce runs during autograd.grad w.r.t. the inputs); train_model: the
+        # training forward/backward (the DDP wrapper when distributed).
         self.fmodel = torch.compile(self.model, dynamic=True) if compile else self.model
+        if self.ddp is not None:
+            self.train_model = torch.compile(self.ddp, dynamic=True) if compile else self.ddp
+        else:
+            self.train_model = self.fmodel
+        self.local_stats: Dict[str, Any] = {}  # this rank's sums of the last epoch/evaluation
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.lr_fn = lr_fn
@@ -134,8 +197,8 @@ class Trainer:
     def _make_attack(self):
         from .. import attacks
         s = self.spec
-        common = dict(eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=s.random_start,
-                      loss=s.attack_loss)
+        common = dict(eps=self.eps, alpha=self.alpha, steps=self.steps,
+                      random_start=self.random_start, loss=s.attack_loss)
         if s.attack is None:
             return None
         if s.attack == "pgd":
@@ -165,8 +228,8 @@ class Trainer:
         if self.attack is not None:
             with self._autocast():
                 res = self.attack.run(x, y)  # eval mode inside; no parameter gradients
-        model = self.fmodel
-        self.model.train()
+        model = self.train_model  # the DDP wrapper when distributed
+        (self.ddp if self.ddp is not None else self.model).train()
         nat_correct = None
         with self._autocast():
             if self.spec.objective == "ce":
@@ -195,7 +258,7 @@ class Trainer:
             # next to the K forward/backward passes of the attack; uses no RNG).
             self.model.eval()
             with torch.no_grad(), self._autocast():
-                nat_correct = (model(x).argmax(1) == y).sum()
+                nat_correct = (self.fmodel(x).argmax(1) == y).sum()
             self.model.train()
         return {"loss": loss.detach(), "nat_correct": nat_correct, "adv_correct": adv_correct, "n": n,
                 "bp": int(res.bp) if res is not None else 0,
@@ -213,6 +276,8 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)  # the loader's order/augmentation of this epoch
+        if self.distributed:
+            self._check_loader(loader)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         nat = torch.zeros((), dtype=torch.int64, device=self.device)
         adv = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -224,7 +289,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        for batch in progress_bar(loader, total, use_progress(self.progress),
+        for batch in progress_bar(loader, total, use_progress(self.progress) and self.rank == 0,
                                   desc=f"epoch {epoch + 1}"):
             x, y = batch[0], batch[1]
             s = self.train_step(x, y)
@@ -240,6 +305,20 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if self.scheduler is not None:
             self.scheduler.step()
+        self.local_stats = {"n": n, "bp": bp, "bp_executed": bp_exec, "nat_correct": int(nat),
+                            "adv_correct": int(adv), "loss_sum": float(loss_sum), "seconds": seconds}
+        if self.distributed:
+            # One all-reduce of the epoch's sums (float64: exact for counts below 2^53).
+            sums = torch.stack([loss_sum, nat.double(), adv.double()] + [
+                torch.tensor(float(v), dtype=torch.float64, device=self.device)
+                for v in (n, bp, bp_exec)])
+            sums = dist_utils.all_reduce_sum(sums).tolist()
+            loss_sum = torch.tensor(sums[0], dtype=torch.float64)
+            nat, adv = int(round(sums[1])), int(round(sums[2]))
+            n, bp, bp_exec = (int(round(v)) for v in sums[3:])
+            seconds = dist_utils.all_reduce_max(seconds)  # the slowest rank's wall time
+            # Per-rank BatchNorm statistics -> one model again before evaluation/checkpoints.
+            dist_utils.average_buffers(self.model)
         if n == 0:
             raise ValueError("loader: yielded no samples")
         has_attack = self.attack is not None
@@ -265,7 +344,9 @@ class Trainer:
         with self._autocast():
             r = evaluate(self.fmodel, data, attacks=("natural", name), eps=self.eps,
                          batch_size=batch_size, max_samples=max_samples, device=self.device,
-                         verbose=False)
+                         verbose=False, distributed=self.distributed)
+        if "local" in r:
+            self.local_stats["eval"] = r["local"]
         return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
 
     # ------------------------------------------------------------------ the whole run
@@ -283,7 +364,8 @@ class Trainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         self.epochs = epochs
-        logger = self.logger or RunLogger(out_dir, verbose=False)
+        main = self.rank == 0
+        logger = self.logger or RunLogger(out_dir if main else None, verbose=False)
         for epoch in range(self.epoch, epochs):
             row = self.train_epoch(train_loader, epoch)
             if test_data is not None and eval_every and ((epoch + 1) % eval_every == 0
@@ -299,21 +381,54 @@ class Trainer:
             if improved:
                 self.best_pgd20 = row["test_pgd20_acc"]
             if out_dir:
-                ckpt = make_checkpoint(model=self.model, optimizer=self.optimizer,
-                                       scheduler=self.scheduler, epoch=self.epoch,
-                                       history=self.history, config=self.config,
-                                       loader_state=loader_state() if loader_state else None,
-                                       best_pgd20=self.best_pgd20, meta=self.meta)
-                if improved:
-                    atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
-                atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
-            logger.log_epoch(row, self.history)
+                ckpt = self._checkpoint(loader_state() if loader_state else None)
+                if main:
+                    if improved:
+                        atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
+                    atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
+            if main:
+                logger.log_epoch(row, self.history)
+        if self.distributed:
+            dist_utils.barrier()  # rank 0's files exist for everyone when fit returns
         return self.history
 
+    def _cuda_device(self):
+        return self.device if self.device.type == "cuda" and self.distributed else None
+
+    def _checkpoint(self, loader_state: Optional[dict] = None) -> Optional[Dict[str, Any]]:
+        """The checkpoint dict; distributed: a collective (every rank's RNG states are gathered),
+        the dict is built on rank 0 only (None elsewhere)."""
+        rngs = None
+        if self.distributed:
+            rngs = dist_utils.all_gather_objects(rng_state(self._cuda_device()))
+            if self.rank != 0:
+                return None
+        return make_checkpoint(model=self.model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, epoch=self.epoch, history=self.history,
+                               config=self.config, loader_state=loader_state,
+                               best_pgd20=self.best_pgd20, meta=self.meta,
+                               rng=rngs[0] if rngs else None, rng_per_rank=rngs,
+                               world_size=self.world_size)
+
+    def _check_loader(self, loader) -> None:
+        """Distributed: every rank must run the same number of steps (else DDP hangs)."""
+        from ..data.loader import BatchLoader
+        if isinstance(loader, BatchLoader) and not isinstance(loader, dist_utils.ShardedBatchLoader):
+            warnings.warn("distributed training with a plain BatchLoader: every rank trains on the "
+                          "whole dataset; use fastadv.training.distributed.ShardedBatchLoader",
+                          stacklevel=3)
+        try:
+            length = len(loader)
+        except TypeError:
+            return
+        lengths = dist_utils.all_gather_objects(int(length))
+        if len(set(lengths)) != 1:
+            raise ValueError(f"loader: the ranks have different numbers of batches {lengths}; "
+                             f"DDP needs the same number on every rank (ShardedBatchLoader pads)")
+
     def state_dict(self) -> Dict[str, Any]:
-        return make_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               epoch=self.epoch, history=self.history, config=self.config,
-                               best_pgd20=self.best_pgd20, meta=self.meta)
+        """The checkpoint dict (distributed: a collective; rank 0 gets it, the others None)."""
+        return self._checkpoint()
 
     def load_checkpoint(self, path_or_state, restore_rng: bool = True) -> Dict[str, Any]:
         """Restore model, optimizer, scheduler, epoch, history, best and (by default) every RNG
@@ -329,7 +444,28 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history") or [])
         self.best_pgd20 = state.get("best_pgd20")
-        if restore_rng and state.get("rng") is not None:
-            set_rng_state(state["rng"])
+        if restore_rng:
+            self._restore_rng(state)
         self.set_epoch(self.epoch)
         return state
+
+    def _restore_rng(self, state: Dict[str, Any]) -> None:
+        """A single process restores ``rng`` (rank 0's states of a distributed run). A distributed
+        run restores each rank's own states when the world size is unchanged; otherwise each rank
+        reseeds with ``rank_seed(seed, rank, epoch)`` (deterministic, but not the states an
+        uninterrupted run would have had)."""
+        per_rank = state.get("rng_per_rank")
+        if not self.distributed:
+            if state.get("rng") is not None:
+                set_rng_state(state["rng"])
+            return
+        if per_rank and len(per_rank) == self.world_size:
+            set_rng_state(per_rank[self.rank], self._cuda_device())
+            return
+        import random
+        import numpy as np
+        seed = dist_utils.rank_seed(int((self.config or {}).get("seed", 0) or 0), self.rank,
+                                    self.epoch)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
