@@ -178,13 +178,13 @@ class BatchLoader:
 
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator:
         """The batches of ``epoch``, from batch number ``start_batch`` on."""
-        perm, offsets, flips = self.epoch_plan(epoch)
+        perm, offsets, flips = self._this_process(*self.epoch_plan(epoch))
         # One host->device copy per epoch for the random plan; the rest stays on the device.
         perm = perm.to(self.device)
         offsets = offsets.to(self.device) if offsets is not None else None
         flips = flips.to(self.device) if flips is not None else None
         padding = self.augment["padding"] if self.augment else 0
-        n, bs = self.images.shape[0], self.batch_size
+        n, bs = perm.shape[0], self.batch_size
         for b in range(start_batch, len(self)):
             lo, hi = b * bs, min((b + 1) * bs, n)
             idx = perm[lo:hi]
@@ -199,6 +199,11 @@ class BatchLoader:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = self.labels.index_select(0, idx)
             yield (x, y, idx) if self.return_index else (x, y)
+
+    def _this_process(self, perm, offsets, flips):
+        """The part of an epoch's plan that this process trains on: all of it here (the
+        distributed ``ShardedBatchLoader`` takes its rank's shard)."""
+        return perm, offsets, flips
 
     def __iter__(self) -> Iterator:
         epoch = self.epoch

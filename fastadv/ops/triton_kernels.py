@@ -186,6 +186,18 @@ def _linf_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi,
     tl.store(x_ptr + offs, _enc(r, KIND), mask=mask)
 
 
+def _step_operands(x: Tensor, grad: Tensor, x_nat: Tensor, noise: Optional[Tensor]):
+    """Flat storage views of a step's operands (the noise pointer is x's when there is none: the
+    kernel never reads it then) and x's storage kind."""
+    xs, kind = _storage(x, "x")
+    gs, _ = _storage(grad, "grad")
+    ns, _ = _storage(x_nat, "x_nat")
+    fx = _flat(xs, name="x")
+    fg, fn = _flat(gs, x, "grad"), _flat(ns, x, "x_nat")
+    fz = _flat(noise, x, "noise") if noise is not None else fx
+    return fx, fg, fn, fz, kind
+
+
 def linf_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
               noise: Optional[Tensor], clip_min: float, clip_max: float) -> None:
     """In place on ``x``: x <- clip(proj_inf(x + alpha*sign(grad) [+ noise]))."""
@@ -193,12 +205,7 @@ def linf_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor
     if n == 0 or x.numel() == 0:
         return
     d = x.numel() // n
-    xs, kind = _storage(x, "x")
-    gs, _ = _storage(grad, "grad")
-    ns, _ = _storage(x_nat, "x_nat")
-    fx = _flat(xs, name="x")
-    fg, fn = _flat(gs, x, "grad"), _flat(ns, x, "x_nat")
-    fz = _flat(noise, x, "noise") if noise is not None else fx
+    fx, fg, fn, fz, kind = _step_operands(x, grad, x_nat, noise)
     rows, bd = _tile(n, d)
     _linf_kernel[_grid(n, d, rows, bd)](
         fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),
@@ -264,12 +271,7 @@ def l2_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
     if n == 0 or x.numel() == 0:
         return
     d = x.numel() // n
-    xs, kind = _storage(x, "x")
-    gs, _ = _storage(grad, "grad")
-    ns, _ = _storage(x_nat, "x_nat")
-    fx = _flat(xs, name="x")
-    fg, fn = _flat(gs, x, "grad"), _flat(ns, x, "x_nat")
-    fz = _flat(noise, x, "noise") if noise is not None else fx
+    fx, fg, fn, fz, kind = _step_operands(x, grad, x_nat, noise)
     rows, bd = _tile(n, d)
     _l2_kernel[(triton.cdiv(n, rows),)](
         fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),

@@ -39,13 +39,13 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..data.loader import BatchLoader, crop_flip
+from ..data.loader import BatchLoader
 
 
 # --------------------------------------------------------------------------- process group
@@ -244,28 +244,10 @@ class ShardedBatchLoader(BatchLoader):
                              pos.repeat(math.ceil(self.num_padded / max(n, 1)))[:self.num_padded]])
         return pos[self.rank::self.world_size]
 
-    def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator:
-        perm, offsets, flips = self.epoch_plan(epoch)
+    def _this_process(self, perm, offsets, flips):
         pos = self.shard_positions()
-        perm = perm[pos].to(self.device)
-        offsets = offsets[pos].to(self.device) if offsets is not None else None
-        flips = flips[pos].to(self.device) if flips is not None else None
-        padding = self.augment["padding"] if self.augment else 0
-        s, bs = perm.shape[0], self.batch_size
-        for b in range(start_batch, len(self)):
-            lo, hi = b * bs, min((b + 1) * bs, s)
-            idx = perm[lo:hi]
-            x = self.images.index_select(0, idx)
-            if offsets is not None or flips is not None:
-                x = crop_flip(x, offsets[lo:hi] if offsets is not None else None,
-                              flips[lo:hi] if flips is not None else None, padding)
-            x = x.to(self.dtype)
-            if self.images.dtype == torch.uint8:
-                x = x.div_(255)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = self.labels.index_select(0, idx)
-            yield (x, y, idx) if self.return_index else (x, y)
+        return (perm[pos], offsets[pos] if offsets is not None else None,
+                flips[pos] if flips is not None else None)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "seed": self.seed, "world_size": self.world_size}
