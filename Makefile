@@ -22,7 +22,8 @@ test: setup cuda-check
 bench: setup
 	$(PY) -m pytest --benchmark-only -q
 
-# Compile every torch-free CUDA kernel for sm_90 with nvcc (works without a GPU or a CUDA torch).
+# Compile every torch-free CUDA kernel for sm_90 with nvcc and syntax-check the ATen CUDA glue
+# against torch's headers (works without a GPU or a CUDA torch).
 cuda-check:
 	@if command -v nvcc >/dev/null 2>&1; then bash scripts/compile_cuda.sh; \
 	else echo "nvcc not found: CUDA kernels not compiled"; fi
