@@ -205,6 +205,11 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     a1.set_xlabel("epoch"), a1.set_ylabel("accuracy (%)"), a1.legend(), a1.grid(alpha=0.3)
     a2.plot(ep, [r["bp_avg"] for r in h], marker="o", label="BP (updates / image)")
     a2.plot(ep, [r["bp_executed_avg"] for r in h], marker="s", label="executed backward passes")
+    # PGD-K's cost, for reference: K = bp_avg / (1 − saving), from any epoch with a saving < 100 %.
+    k = next((r["bp_avg"] / (1 - r["bp_saved"] / 100) for r in h
+              if r.get("bp_saved") is not None and r["bp_saved"] < 100), None)
+    if k:
+        a2.axhline(round(k), color="gray", linestyle="--", label=f"PGD-{round(k)} (AT)")
     a2.set_xlabel("epoch"), a2.set_ylabel("per training image"), a2.legend(), a2.grid(alpha=0.3)
     a2.set_ylim(bottom=0)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
