@@ -14,7 +14,9 @@ class PGD(Attack):
 
     ``PGD(model, eps=8/255, alpha=2/255, steps=10, random_start="uniform", norm="linf", loss="ce")``.
     ``loss="kl"`` is TRADES' inner maximisation (use ``random_start="normal"`` as TRADES does);
-    ``loss="cw"`` the C&W margin loss with ``confidence``. The result's ``kappa`` counts the checks
+    ``loss="cw"`` the C&W margin loss with ``confidence``. With ``norm="l2"``, the uniform random
+    start is drawn in the L2 ball (a random direction times ε·U(0, 1), as torchattacks' PGDL2), not
+    in the L∞ box of SPEC §1's ``ops.random_start``. The result's ``kappa`` counts the checks
     k = 0 … K−1 at which the sample was classified correctly (GAIRAT's κ, at no extra cost).
     """
 
