@@ -10,7 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 setup:
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	# --no-build-isolation: build the C++/CUDA extension against the torch installed above,
-	# never a freshly downloaded one.
+	# never a freshly downloaded one; so the build tools must be here first.
+	$(PIP) install -q setuptools wheel ninja pybind11
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 
 demo: setup
