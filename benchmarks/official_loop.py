@@ -53,6 +53,13 @@ class OfficialResult:
         return t[self.inverse]
 
 
+def _cat_rows(outputs, rows):
+    """The official habit: the outputs grow by ``torch.cat`` (a full copy) at every check."""
+    if outputs is None:
+        return rows
+    return tuple(torch.cat((o, r), dim=0) for o, r in zip(outputs, rows))
+
+
 def official_earlystop(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255,
                        alpha: float = 2 / 255, steps: int = 10, tau: int = 0,
                        random_start: Optional[str] = "uniform", loss: str = "ce",
@@ -83,7 +90,7 @@ def official_earlystop(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 
     iter_target = y.detach()
     iter_order = torch.arange(n, device=device)
     iter_updates = 0
-    output_adv = output_natural = output_target = output_order = output_updates = None
+    outputs = None  # (adv, natural, target, order, updates), in exit order
     count = 0
     with torch.enable_grad():
         output_iter_clean_data = model(x)  # with a graph, as the official code does
@@ -107,14 +114,7 @@ def official_earlystop(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 
                            iter_target[output_index], iter_order[output_index],
                            torch.full((len(output_index),), iter_updates, dtype=torch.int64,
                                       device=device))
-                if output_target is None:
-                    output_adv, output_natural, output_target, output_order, output_updates = leaving
-                else:
-                    output_adv = torch.cat((output_adv, leaving[0]), dim=0)
-                    output_natural = torch.cat((output_natural, leaving[1]), dim=0)
-                    output_target = torch.cat((output_target, leaving[2]), dim=0)
-                    output_order = torch.cat((output_order, leaving[3]), dim=0)
-                    output_updates = torch.cat((output_updates, leaving[4]), dim=0)
+                outputs = _cat_rows(outputs, leaving)
             model.zero_grad()
             if loss == "ce":
                 loss_adv = nn.CrossEntropyLoss(reduction="mean")(output, iter_target)
@@ -139,20 +139,14 @@ def official_earlystop(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 
                 count += len(iter_target)
                 iter_updates += 1
             else:  # everybody left
-                model.train(was_training)
-                return OfficialResult(output_adv.detach(), output_target, output_natural,
-                                      output_order, output_updates, count)
+                break
             k += 1
-    survivors = (iter_adv.detach(), iter_clean_data, iter_target, iter_order,
-                 torch.full((len(iter_target),), iter_updates, dtype=torch.int64, device=device))
-    if output_target is None:
-        output_adv, output_natural, output_target, output_order, output_updates = survivors
-    else:
-        output_adv = torch.cat((output_adv, survivors[0]), dim=0)
-        output_natural = torch.cat((output_natural, survivors[1]), dim=0)
-        output_target = torch.cat((output_target, survivors[2]), dim=0)
-        output_order = torch.cat((output_order, survivors[3]), dim=0)
-        output_updates = torch.cat((output_updates, survivors[4]), dim=0)
+        else:  # the survivors (no break: somebody was still active after K checks)
+            survivors = (iter_adv.detach(), iter_clean_data, iter_target, iter_order,
+                         torch.full((len(iter_target),), iter_updates, dtype=torch.int64,
+                                    device=device))
+            outputs = _cat_rows(outputs, survivors)
+    output_adv, output_natural, output_target, output_order, output_updates = outputs
     model.train(was_training)
     return OfficialResult(output_adv.detach(), output_target, output_natural, output_order,
                           output_updates, count)

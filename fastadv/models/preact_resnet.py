@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resnet import make_stages
+
 
 class PreActBlock(nn.Module):
     expansion = 1
@@ -31,21 +33,10 @@ class PreActBlock(nn.Module):
 class PreActResNet(nn.Module):
     def __init__(self, block, num_blocks, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.layer1 = self._make_layer(block, 64, num_blocks[0], 1)
-        self.layer2 = self._make_layer(block, 128, num_blocks[1], 2)
-        self.layer3 = self._make_layer(block, 256, num_blocks[2], 2)
-        self.layer4 = self._make_layer(block, 512, num_blocks[3], 2)
+        self.layer1, self.layer2, self.layer3, self.layer4 = make_stages(block, num_blocks)
         self.bn = nn.BatchNorm2d(512 * block.expansion)
         self.linear = nn.Linear(512 * block.expansion, num_classes)
-
-    def _make_layer(self, block, planes, num_blocks, stride):
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
-            self.in_planes = planes * block.expansion
-        return nn.Sequential(*layers)
 
     def forward(self, x):
         out = self.conv1(x)

@@ -27,24 +27,26 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def make_stages(block, num_blocks, in_planes: int = 64) -> list:
+    """The four residual stages of the CIFAR ResNet family (64/128/256/512 planes, strides
+    1/2/2/2; the first block of each stage takes the stride), as ``nn.Sequential`` modules."""
+    stages = []
+    for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), num_blocks):
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(in_planes, planes, s))
+            in_planes = planes * block.expansion
+        stages.append(nn.Sequential(*layers))
+    return stages
+
+
 class ResNet(nn.Module):
     def __init__(self, block, num_blocks, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = self._make_layer(block, 64, num_blocks[0], 1)
-        self.layer2 = self._make_layer(block, 128, num_blocks[1], 2)
-        self.layer3 = self._make_layer(block, 256, num_blocks[2], 2)
-        self.layer4 = self._make_layer(block, 512, num_blocks[3], 2)
+        self.layer1, self.layer2, self.layer3, self.layer4 = make_stages(block, num_blocks)
         self.linear = nn.Linear(512 * block.expansion, num_classes)
-
-    def _make_layer(self, block, planes, num_blocks, stride):
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
-            self.in_planes = planes * block.expansion
-        return nn.Sequential(*layers)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
