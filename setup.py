@@ -2,14 +2,15 @@
 
 Install with ``pip install --no-build-isolation -e .`` so the extension is built against the torch that
 is already installed (an isolated build would download another torch). The CUDA kernels are built
-when this torch is a CUDA build and the CUDA toolkit is found (``torch.version.cuda and CUDA_HOME``),
-whether or not a GPU is visible; otherwise the CPU kernels alone. ``FASTADV_NO_EXT=1`` skips the
-extension (the package then builds the kernels just in time, or falls back to the reference).
+when this torch is a CUDA build and a CUDA toolkit is found, whether or not a GPU is visible;
+otherwise the CPU kernels alone. ``FASTADV_NO_EXT=1`` skips the extension (the package then builds
+the kernels just in time, or falls back to the reference).
 
-Environment: ``FASTADV_CPU_ARCH`` sets the CPU target of -march (default ``native``: the library is
-built on the machine that runs it); ``TORCH_CUDA_ARCH_LIST`` the GPU targets (default 9.0 when no
-GPU is visible).
+The flags, the toolkit and the GPU targets come from ``fastadv/_build.py`` (shared with the
+just-in-time build): torch's C++ standard, a portable CPU target (``FASTADV_CPU_ARCH=native`` to
+tune), ``TORCH_CUDA_ARCH_LIST`` or sm_80 + sm_90 + PTX when no GPU is visible.
 """
+import importlib.util
 import os
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _load_build_module():
+    """fastadv/_build.py by path (importing the package would import torch and the ops)."""
+    spec = importlib.util.spec_from_file_location("fastadv_build", ROOT / "fastadv" / "_build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 class BuildPyWithSources(build_py):
@@ -32,33 +41,25 @@ class BuildPyWithSources(build_py):
                 self.copy_file(str(src), str(dst))
 
 
-def cpu_flags():
-    arch = os.environ.get("FASTADV_CPU_ARCH", "native")
-    # -ffp-contract=off: no fused multiply-add, so each operation rounds like the reference.
-    return ["-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp", f"-march={arch}"]
-
-
 def extensions():
     if os.environ.get("FASTADV_NO_EXT") == "1":
         return [], {"build_py": BuildPyWithSources}
     import torch
     from torch.utils import cpp_extension as ce
 
-    sources = ["csrc/ops.cpp", "csrc/cpu/ops_cpu.cpp"]
-    with_cuda = bool(torch.version.cuda) and ce.CUDA_HOME is not None
-    cxx = cpu_flags()
-    define = []
+    build = _load_build_module()
+    with_cuda = bool(torch.version.cuda) and build.use_cuda_home(ce) is not None
+    sources = [str(p.relative_to(ROOT)) for p in build.sources(ROOT / "csrc", with_cuda)]
     if with_cuda:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # arch detection needs a visible GPU
-        sources += ["csrc/cuda/kernels.cu", "csrc/cuda/ops_cuda.cpp"]
-        define = [("FASTADV_WITH_CUDA", None)]
+        print(f"fastadv: CUDA kernels for TORCH_CUDA_ARCH_LIST={build.set_cuda_arch_list(torch)}")
         ext = ce.CUDAExtension(
-            "fastadv._C", sources, define_macros=define,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--fmad=false"]},
+            "fastadv._C", sources,
+            extra_compile_args={"cxx": build.cxx_flags(True), "nvcc": build.nvcc_flags()},
             extra_link_args=["-fopenmp"])
     else:
-        ext = ce.CppExtension("fastadv._C", sources, extra_compile_args=cxx, extra_link_args=["-fopenmp"])
+        print("fastadv: CPU kernels only" + ("" if not torch.version.cuda else " (no CUDA toolkit found)"))
+        ext = ce.CppExtension("fastadv._C", sources, extra_compile_args=build.cxx_flags(False),
+                              extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": ce.BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithSources}
 
 

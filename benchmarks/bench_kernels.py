@@ -8,7 +8,7 @@ Cases, per device / dtype (fp32, bf16) / batch (128 and 512 × 3×32×32; on CUD
   dtype): the group's baseline;
 - ``api:<backend>``: ``fastadv.ops.linf_step_`` with ``FASTADV_BACKEND=<backend>`` (validation, the
   ``torch.ops.fastadv`` custom op and the kernel);
-- ``kernel:native``: ``torch.ops.fastadv_native.linf_step_`` alone (the C++/CUDA kernel and the
+- ``kernel:native``: ``torch.ops.fastadv._linf_step_`` alone (the C++/CUDA kernel and the
   dispatcher, no Python layer);
 - ``copy`` (CUDA): ``x.copy_(y)`` of the same tensor, the bandwidth reference.
 
@@ -69,7 +69,7 @@ def test_linf_step(benchmark, monkeypatch, device, n, dname, impl):
         # check=False: the attack engine validates eps/alpha once per attack, not per step.
         call = lambda: ops.linf_step_(x, grad, x_nat, eps_t, alpha_t, check=False)
     elif impl == "kernel:native":
-        call = lambda: torch.ops.fastadv_native.linf_step_(x, grad, x_nat, eps_t, alpha_t, None, 0.0, 1.0)
+        call = lambda: torch.ops.fastadv._linf_step_(x, grad, x_nat, eps_t, alpha_t, None, 0.0, 1.0)
     elif impl == "copy":
         call = lambda: x.copy_(grad)
     else:

@@ -1,5 +1,6 @@
-// Argument checks shared by the CPU and CUDA glue (ATen side). The Python layer validates user
-// input; these guard the raw-pointer kernels against a caller that skips it.
+// Memory-safety guards of the kernel ops (torch.ops.fastadv._*), shared by the CPU and CUDA files.
+// User input is validated once, in Python (fastadv/ops/_validation.py), before any backend runs;
+// these only keep a raw call of a private kernel op from reading or writing out of bounds.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -50,9 +51,14 @@ inline bool rows_dense(const at::Tensor& t) {
 inline void check_row_dense(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() >= 1, name, ": expected a batched tensor [N, ...]");
   TORCH_CHECK(rows_dense(x), name, ": rows must be dense blocks (contiguous or channels_last)");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf ||
-              x.scalar_type() == at::kBFloat16, name, ": expected float32, float16 or bfloat16, got ",
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16 ||
+              x.scalar_type() == at::kDouble, name, ": expected float64, float32, float16 or bfloat16, got ",
               x.scalar_type());
+}
+
+// The compute dtype of a storage dtype: float64 for float64, else float32 (the reference's rule).
+inline at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 // A contiguous vector of n elements of `dtype` on `device`.
@@ -70,11 +76,12 @@ inline void check_step(const at::Tensor& x, const at::Tensor& grad, const at::Te
   check_row_dense(x, "x");
   check_like(grad, x, "grad");
   check_like(x_nat, x, "x_nat");
-  check_vec(eps, x.size(0), at::kFloat, x.device(), "eps");
-  check_vec(alpha, x.size(0), at::kFloat, x.device(), "alpha");
+  check_vec(eps, x.size(0), compute_type(x), x.device(), "eps");
+  check_vec(alpha, x.size(0), compute_type(x), x.device(), "alpha");
   if (noise.has_value()) {
     check_like(*noise, x, "noise", /*same_dtype=*/false);
-    TORCH_CHECK(noise->scalar_type() == at::kFloat, "noise: expected float32, got ", noise->scalar_type());
+    TORCH_CHECK(noise->scalar_type() == compute_type(x), "noise: expected ", compute_type(x), ", got ",
+                noise->scalar_type());
   }
 }
 
@@ -87,6 +94,17 @@ inline void check_rows_like(const at::Tensor& t, const at::Tensor& src, const ch
   TORCH_CHECK(t.device() == src.device(), name, ": expected device ", src.device(), ", got ", t.device());
   TORCH_CHECK(rows_dense(t) && row_layout_key(t) == row_layout_key(src), name,
               ": must have the memory layout of src");
+}
+
+// The plan of a compaction: dest [M] (and index [M] when leavers has rows to receive them), int64,
+// and the error flag (int32 [1]) the kernels raise instead of writing out of bounds.
+inline void check_plan(const at::Tensor& dest, const c10::optional<at::Tensor>& index,
+                       const c10::optional<at::Tensor>& leavers, const at::Tensor& errors, int64_t m,
+                       const at::Device& dev) {
+  check_vec(dest, m, at::kLong, dev, "dest");
+  TORCH_CHECK(index.has_value() == leavers.has_value(), "index and leavers must be given together");
+  if (index.has_value()) check_vec(*index, m, at::kLong, dev, "index");
+  check_vec(errors, 1, at::kInt, dev, "errors");
 }
 
 }  // namespace fastadv

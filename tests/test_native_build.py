@@ -2,7 +2,7 @@
 
 Build first: ``pip install --no-build-isolation -e .``. tests/test_ops.py compares every backend with the
 reference across dtypes, layouts and sizes; this file checks the build itself and calls
-``torch.ops.fastadv_native.*`` directly (no Python dispatch in between), including the inputs where
+the kernel ops ``torch.ops.fastadv._*`` directly (``native.linf_step`` is ``torch.ops.fastadv._linf_step_``), including the inputs where
 a plain C++ port goes wrong: sign(±0) and NaN, -0.0 against +0.0, argmax ties and NaN logits,
 fp16/bf16 rounding and subnormals, and bad arguments. Exact means equal values and equal bits, except
 for the sign of a zero result (see test_linf_step_bit_exact).
@@ -16,14 +16,15 @@ import pytest
 import torch
 
 import fastadv.ops as ops
-from fastadv.ops import native, reference
+from fastadv.ops import library, native, reference
+from fastadv.ops._validation import compute_dtype
 
 ON_CI = bool(os.environ.get("CI"))
 BUILT = native.supports(torch.device("cpu"))
 needs_native = pytest.mark.skipif(not BUILT and not ON_CI, reason="native backend not built "
                                   "(pip install --no-build-isolation -e .)")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 NO_CLIP = (float("-inf"), float("inf"))
 
 
@@ -36,8 +37,8 @@ def test_native_is_built_and_default_on_ci():
     assert ops.get_backend("cpu") is native
     assert info["threads"] >= 1
     # The CUDA kernels are built exactly when torch can build them.
-    from torch.utils.cpp_extension import CUDA_HOME
-    assert info["cuda"] == (bool(torch.version.cuda) and CUDA_HOME is not None)
+    from fastadv import _build
+    assert info["cuda"] == (bool(torch.version.cuda) and _build.find_cuda_home()[0] is not None)
     assert native.supports(torch.device("cuda")) == info["cuda"]
     assert not native.supports(torch.device("meta"))
 
@@ -66,7 +67,8 @@ def test_failed_load_warns_once_and_falls_back():
 
 def bits(t):
     """The bit patterns of a float tensor (so that -0.0 != +0.0 and NaN == NaN)."""
-    return t.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[t.dtype])
+    return t.view({torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+                   torch.bfloat16: torch.int16}[t.dtype])
 
 
 def _step_inputs(shape, dtype, device, seed=0):
@@ -86,7 +88,8 @@ def _step_inputs(shape, dtype, device, seed=0):
     alpha = torch.full((n,), 0.01)
     noise = torch.randn(shape, generator=g) * 1e-3
     cast = lambda t: t.to(dtype).to(device)
-    return cast(x), cast(grad), cast(x_nat), eps.to(device), alpha.to(device), noise.to(device)
+    vec = lambda t: t.to(compute_dtype(x.to(dtype))).to(device)  # per-sample values and noise
+    return cast(x), cast(grad), cast(x_nat), vec(eps), vec(alpha), vec(noise)
 
 
 @needs_native
@@ -99,7 +102,7 @@ def test_linf_step_bit_exact(device, dtype, shape, with_noise):
     noise = noise if with_noise else None
     want, got = x.clone(), x.clone()
     reference.linf_step(want, grad, x_nat, eps, alpha, noise, 0.0, 1.0)
-    torch.ops.fastadv_native.linf_step_(got, grad, x_nat, eps, alpha, noise, 0.0, 1.0)
+    native.linf_step(got, grad, x_nat, eps, alpha, noise, 0.0, 1.0)
     # Equal values (NaN never comes out: sign(NaN) = 0). The sign of a zero result is not compared:
     # torch.maximum itself returns +0.0 or -0.0 on a (+0.0, -0.0) tie depending on whether the
     # element falls in its vectorised body or its scalar tail, so the reference has no fixed answer.
@@ -123,11 +126,13 @@ def test_linf_step_nan_and_inf_like_torch(device, dtype, eps):
                            indexing="ij")
     x, g, xn, nz = (t.reshape(1, -1).to(device) for t in grids)
     x, g, xn = x.to(dtype), g.to(dtype), xn.to(dtype)
-    e, a = torch.tensor([eps], device=device), torch.tensor([0.01], device=device)
+    dt = compute_dtype(x)
+    e, a = torch.tensor([eps], dtype=dt, device=device), torch.tensor([0.01], dtype=dt, device=device)
+    nz = nz.to(dt)
     for noise in (None, nz):
         want, got = x.clone(), x.clone()
         reference.linf_step(want, g, xn, e, a, noise, 0.0, 1.0)
-        torch.ops.fastadv_native.linf_step_(got, g, xn, e, a, noise, 0.0, 1.0)
+        native.linf_step(got, g, xn, e, a, noise, 0.0, 1.0)
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
         assert bool(got.isnan().any()) and bool((got == 1).any())  # both kinds of outcome occur
 
@@ -143,14 +148,14 @@ def test_l2_step_and_random_start(device, dtype):
     eps[2] = 1e-3
     want, got = x.clone(), x.clone()
     reference.l2_step(want, grad, x_nat, eps, alpha * 30, noise, 0.0, 1.0)
-    torch.ops.fastadv_native.l2_step_(got, grad, x_nat, eps, alpha * 30, noise, 0.0, 1.0)
-    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]  # a float32 ulp, after rounding
+    native.l2_step(got, grad, x_nat, eps, alpha * 30, noise, 0.0, 1.0)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]  # an ulp
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     assert torch.equal(got[1].float(), want[1].float())  # no gradient term: no reduction in play
-    r = torch.rand(x_nat.shape, generator=torch.Generator().manual_seed(5)).to(device)
+    r = torch.rand(x_nat.shape, generator=torch.Generator().manual_seed(5)).to(device).to(eps.dtype)
     for uniform in (True, False):
         want = reference.start_from_noise(x_nat, r, eps, uniform, 0.0, 1.0)
-        got = torch.ops.fastadv_native.start_from_noise(x_nat, r, eps, uniform, 0.0, 1.0)
+        got = native.start_from_noise(x_nat, r, eps, uniform, 0.0, 1.0)
         assert got.dtype == dtype and torch.equal(got, want)
 
 
@@ -160,14 +165,15 @@ def test_fp_conversions_exact_over_all_half_values(dtype):
     # start_from_noise with r = 0, scale = 1, no clip is a float32 round trip of x_nat: every fp16 and
     # bf16 bit pattern (subnormals, Inf, NaN) must come back unchanged; then float32 -> dtype rounding.
     bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
-    h = bits.view(dtype).reshape(1, -1) if dtype != torch.float32 else torch.randn(1, 65536)
-    out = torch.ops.fastadv_native.start_from_noise(h, torch.zeros(h.shape), torch.ones(1), False, *NO_CLIP)
+    h = bits.view(dtype).reshape(1, -1) if dtype.itemsize == 2 else torch.randn(1, 65536, dtype=dtype)
+    dt = compute_dtype(h)
+    out = native.start_from_noise(h, torch.zeros(h.shape, dtype=dt), torch.ones(1, dtype=dt), False, *NO_CLIP)
     nan = torch.isnan(h)
     assert torch.equal(out[~nan], h[~nan]) and bool(torch.isnan(out[nan]).all())
     g = torch.Generator().manual_seed(0)
     f = torch.randn(1 << 16, generator=g) * torch.pow(10.0, torch.randint(-9, 6, (1 << 16,), generator=g).float())
     f = torch.cat([f, torch.tensor([65504.0, 65519.99, 65520.0, 2.98e-8, -6e-8, float("inf"), -float("inf")])])[None]
-    out = torch.ops.fastadv_native.start_from_noise(torch.zeros(f.shape, dtype=dtype), f, torch.ones(1), False, *NO_CLIP)
+    out = native.start_from_noise(torch.zeros(f.shape, dtype=dtype), f.to(dt), torch.ones(1, dtype=dt), False, *NO_CLIP)
     assert torch.equal(out, f.to(dtype))
 
 
@@ -188,7 +194,7 @@ def test_early_stop_update(device, ldtype, ydtype):
     kappa = torch.tensor([5, 0, 1, 0, 0, 2], device=device)
     b_ref, k_ref = budget.clone(), kappa.clone()
     want = reference.early_stop_update(logits, y, b_ref, k_ref)
-    got = torch.ops.fastadv_native.early_stop_update_(logits, y, budget, kappa)
+    got = native.early_stop_update(logits, y, budget, kappa)
     assert got.tolist() == want.tolist() == [False, True, False, False, False, False]
     assert budget.tolist() == b_ref.tolist() == [0, 0, 3, 0, 1, 1]
     assert kappa.tolist() == k_ref.tolist() == [6, 0, 2, 1, 0, 3]
@@ -200,7 +206,7 @@ def test_early_stop_update(device, ldtype, ydtype):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_compaction_and_fused_step(device, dtype, channels_last):
     leave = torch.tensor([False, True, False, False, True, True, False], device=device)
-    dest, n_active = torch.ops.fastadv_native.compaction_plan(leave)
+    dest, n_active = native.compaction_plan(leave)
     assert dest.tolist() == [0, -1, 1, 2, -1, -1, 3] and n_active.item() == 4 and n_active.dim() == 0
     m = leave.shape[0]
     src = torch.arange(m * 3 * 5 * 3).reshape(m, 3, 5, 3).to(dtype).to(device)  # odd row bytes for uint8
@@ -211,11 +217,13 @@ def test_compaction_and_fused_step(device, dtype, channels_last):
     out_ref = out.clone()
     packed = torch.empty((4, 3, 5, 3), dtype=dtype, device=device).contiguous(memory_format=fmt)
     packed_ref = torch.empty_like(packed)
-    torch.ops.fastadv_native.compact_rows(src, dest, index, out, packed)
-    reference.compact_rows(src, dest, index, out_ref, packed_ref)
+    errors = library.error_flag(torch.device(device))
+    native.compact_rows(src, dest, index, out, packed, errors)
+    reference.compact_rows(src, dest, index, out_ref, packed_ref, errors)
+    assert errors.item() == 0
     assert torch.equal(packed, packed_ref) and torch.equal(out, out_ref)
     assert torch.equal(packed, src[[0, 2, 3, 6]]) and torch.equal(out[[0, 3, 2]], src[[1, 4, 5]])
-    torch.ops.fastadv_native.compact_rows(src, dest, None, None, packed)  # leavers dropped
+    native.compact_rows(src, dest, None, None, packed, errors)  # leavers dropped
     assert torch.equal(packed, src[[0, 2, 3, 6]])
     if not dtype.is_floating_point:
         return
@@ -226,53 +234,53 @@ def test_compaction_and_fused_step(device, dtype, channels_last):
     res_ref = [torch.empty_like(packed), torch.empty_like(packed)]
     out, out_ref = out.clone(), out.clone()
     x0 = x.clone()
-    torch.ops.fastadv_native.linf_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, out, *res, 0.0, 1.0)
-    reference.linf_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, out_ref, *res_ref, 0.0, 1.0)
+    native.linf_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, out, *res, errors, 0.0, 1.0)
+    reference.linf_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, out_ref, *res_ref, errors, 0.0, 1.0)
+    assert errors.item() == 0
     assert torch.equal(x, x0)  # x itself is not modified
     assert torch.equal(out, out_ref) and torch.equal(res[1], res_ref[1])
     assert torch.equal(res[0], res_ref[0])  # values: see test_linf_step_bit_exact on signed zeros
 
 
 @needs_native
-def test_opcheck_schemas_and_fake_kernels():
-    x, grad, x_nat, eps, alpha, noise = _step_inputs((3, 2, 4, 4), torch.float32, "cpu")
-    op = torch.ops.fastadv_native
-    torch.library.opcheck(op.linf_step_.default, (x.clone(), grad, x_nat, eps, alpha, noise, 0.0, 1.0))
-    torch.library.opcheck(op.start_from_noise.default, (x_nat, torch.rand(x.shape), eps, True, 0.0, 1.0))
-    leave = torch.tensor([True, False, False])
-    torch.library.opcheck(op.compaction_plan.default, (leave,))
-    torch.library.opcheck(op.early_stop_update_.default, (torch.randn(3, 10), torch.tensor([1, 2, 3]),
-                                                          torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.long)))
-    dest, index = torch.tensor([-1, 0, 1]), torch.tensor([2, 0, 1])
-    torch.library.opcheck(op.linf_step_compact.default,
-                          (x, grad, x_nat, eps, alpha, None, dest, index, torch.zeros_like(x), torch.empty(2, 2, 4, 4),
-                           torch.empty(2, 2, 4, 4), 0.0, 1.0))
+def test_every_kernel_op_is_registered_for_the_cpu_and_for_cuda_when_built():
+    """One namespace: the public ops are Python custom ops, the kernels ``fastadv::_*`` are C++ ops
+    with a CPU kernel (and a CUDA kernel in a CUDA build)."""
+    cuda = native.build_info()["cuda"]
+    for kernel in native._KERNELS.values():
+        name = f"fastadv::{kernel}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA") == cuda, name
 
 
 @needs_native
-def test_bad_arguments_are_rejected_with_the_argument_name():
+def test_kernel_ops_guard_memory_against_a_raw_call():
+    """The private kernel ops assume validated input (fastadv.ops checks it), but a raw call with
+    bad shapes, layouts or plans must still never touch memory out of bounds."""
     x = torch.rand(2, 8)
     e, a = torch.full((2,), 0.1), torch.full((2,), 0.01)
-    op = torch.ops.fastadv_native
+    errors = torch.zeros(1, dtype=torch.int32)
     with pytest.raises(RuntimeError, match="grad: expected shape"):
-        op.linf_step_(x, torch.rand(2, 9), x.clone(), e, a, None, 0.0, 1.0)
+        native.linf_step(x, torch.rand(2, 9), x.clone(), e, a, None, 0.0, 1.0)
     with pytest.raises(RuntimeError, match="x_nat: expected dtype"):
-        op.linf_step_(x, x.clone(), x.half(), e, a, None, 0.0, 1.0)
+        native.linf_step(x, x.clone(), x.half(), e, a, None, 0.0, 1.0)
     with pytest.raises(RuntimeError, match="eps: expected shape"):
-        op.l2_step_(x, x.clone(), x.clone(), torch.full((3,), 0.1), a, None, 0.0, 1.0)
-    with pytest.raises(RuntimeError, match="x: expected float32, float16 or bfloat16"):
-        op.linf_step_(x.double(), x.double(), x.double(), e, a, None, 0.0, 1.0)
+        native.l2_step(x, x.clone(), x.clone(), torch.full((3,), 0.1), a, None, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="eps: expected dtype Double"):
+        native.linf_step(x.double(), x.double(), x.double(), e, a, None, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="x: expected float64, float32, float16 or bfloat16"):
+        native.linf_step(x.int(), x.int(), x.int(), e, a, None, 0.0, 1.0)
     with pytest.raises(RuntimeError, match="x: rows must be dense"):
         xt = torch.rand(8, 2).t()
-        op.linf_step_(xt, xt.clone(), xt.clone(), e, a, None, 0.0, 1.0)
+        native.linf_step(xt, xt.clone(), xt.clone(), e, a, None, 0.0, 1.0)
     with pytest.raises(RuntimeError, match="x_nat: must have the memory layout of x"):
         x4 = torch.rand(2, 3, 4, 4)
-        op.linf_step_(x4, x4.clone(), x4.contiguous(memory_format=torch.channels_last), e, a, None, 0.0, 1.0)
-    dest = torch.tensor([0, 5])
-    with pytest.raises(RuntimeError, match=r"dest\[1\] = 5 is out of range"):
-        op.compact_rows(x, dest, None, None, torch.empty(1, 8))
-    with pytest.raises(RuntimeError, match=r"index\[1\] = 9 is out of range"):
-        op.compact_rows(x, torch.tensor([0, -1]), torch.tensor([0, 9]), torch.empty(2, 8), torch.empty(1, 8))
+        native.linf_step(x4, x4.clone(), x4.contiguous(memory_format=torch.channels_last), e, a, None, 0.0, 1.0)
+    with pytest.raises(IndexError, match=r"dest\[1\] = 5 is out of range"):
+        native.compact_rows(x, torch.tensor([0, 5]), None, None, torch.empty(1, 8), errors)
+    with pytest.raises(IndexError, match=r"index\[1\] = 9 is out of range"):
+        native.compact_rows(x, torch.tensor([0, -1]), torch.tensor([0, 9]), torch.empty(2, 8), torch.empty(1, 8),
+                            errors)
     with pytest.raises(RuntimeError, match="y: expected a contiguous int64/int32"):
-        op.early_stop_update_(torch.rand(2, 3), torch.zeros(2), torch.zeros(2, dtype=torch.long),
-                              torch.zeros(2, dtype=torch.long))
+        native.early_stop_update(torch.rand(2, 3), torch.zeros(2), torch.zeros(2, dtype=torch.long),
+                                 torch.zeros(2, dtype=torch.long))

@@ -1,7 +1,8 @@
-// CPU kernels of the native backend (OpenMP through at::parallel_for; inner loops are plain float32
-// loops over one row that GCC/Clang vectorise at -O3; fp16/bf16 are converted to float32 on load and
-// rounded once on store). Bit-exact with fastadv/ops/reference.py except l2_step_'s norms (float32
-// rounding). Compiled with -ffp-contract=off so that no a*b+c is fused.
+// CPU kernels of the native backend, registered as torch.ops.fastadv._* for the CPU (OpenMP through
+// at::parallel_for; inner loops are plain loops over one row that GCC/Clang vectorise at -O3). The
+// compute type is float64 for float64 tensors and float32 otherwise (fp16/bf16 are converted on load
+// and rounded once on store). Bit-exact with fastadv/ops/reference.py except l2_step_'s norms (a
+// float64 sum in another order, rounded once). Compiled with -ffp-contract=off: no a*b+c is fused.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -11,6 +12,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../fastadv_math.h"
@@ -38,14 +40,23 @@ inline void for_row_pieces(int64_t begin, int64_t end, int64_t D, const F& f) {
 // float32 <-> storage conversions ("codecs"). Kernels work on the raw storage type: bfloat16 as
 // uint16_t bits, converted branch-free (c10::BFloat16's conversion has a NaN branch and a struct
 // wrapper that keep GCC from vectorising the loops): round to nearest even, NaN -> 0x7FC0 as c10.
+struct F64 {
+  using raw = double;
+  using compute = double;
+  static inline double ld(double v) { return v; }
+  static inline double st(double f) { return f; }
+};
+
 struct F32 {
   using raw = float;
+  using compute = float;
   static inline float ld(float v) { return v; }
   static inline float st(float f) { return f; }
 };
 
 struct BF16 {
   using raw = uint16_t;
+  using compute = float;
   static inline float ld(uint16_t v) {
     const uint32_t u = static_cast<uint32_t>(v) << 16;
     float f;
@@ -65,6 +76,7 @@ struct BF16 {
 // (round to nearest even, subnormals, Inf; NaN -> quiet NaN), the same values as c10::Half.
 struct F16 {
   using raw = uint16_t;
+  using compute = float;
   static inline uint32_t bits(float f) { uint32_t u; std::memcpy(&u, &f, sizeof u); return u; }
   static inline float from_bits(uint32_t u) { float f; std::memcpy(&f, &u, sizeof f); return f; }
   static inline float ld(uint16_t h) {  // c10::detail::fp16_ieee_to_fp32_value
@@ -85,14 +97,15 @@ struct F16 {
   }
 };
 
-// Calls f(Codec{}) for the storage dtype of a floating tensor (float32, float16, bfloat16).
+// Calls f(Codec{}) for the storage dtype of a floating tensor (float64, float32, float16, bfloat16).
 template <typename F>
 void dispatch_codec(at::ScalarType t, const char* name, const F& f) {
   switch (t) {
+    case at::kDouble: return f(F64{});
     case at::kFloat: return f(F32{});
     case at::kBFloat16: return f(BF16{});
     case at::kHalf: return f(F16{});
-    default: TORCH_CHECK(false, name, ": expected float32, float16 or bfloat16, got ", t);
+    default: TORCH_CHECK(false, name, ": expected float64, float32, float16 or bfloat16, got ", t);
   }
 }
 
@@ -100,59 +113,63 @@ template <typename C>
 typename C::raw* raw_ptr(const at::Tensor& t) { return static_cast<typename C::raw*>(t.data_ptr()); }
 
 // ----------------------------------------------------------------------------- L∞ step
-template <typename C, bool HasNoise, typename T = typename C::raw>
-void linf_rows(T* x, const T* g, const T* xn, const float* noise, const float* eps,
-               const float* alpha, int64_t N, int64_t D, float lo, float hi) {
+template <typename C, bool HasNoise, typename T = typename C::raw, typename A = typename C::compute>
+void linf_rows(T* x, const T* g, const T* xn, const A* noise, const A* eps, const A* alpha, int64_t N, int64_t D,
+               A lo, A hi) {
   at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
     for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
-      const float e = eps[n], a = alpha[n];
+      const A e = eps[n], a = alpha[n];
       const int64_t o = n * D;
       // In place through one pointer: GCC then knows x[j] is read before it is written (with a
       // separate `out` pointer equal to x, its runtime alias check fails and the scalar loop runs).
       for (int64_t j = j0; j < j1; ++j) {
-        const float nz = HasNoise ? noise[o + j] : 0.f;
+        const A nz = HasNoise ? noise[o + j] : A(0);
         x[o + j] = C::st(linf_value<HasNoise>(C::ld(x[o + j]), C::ld(g[o + j]), C::ld(xn[o + j]), e, a, nz, lo, hi));
       }
     });
   });
 }
 
+template <typename A>
+const A* opt_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<A>() : nullptr;
+}
+
 void linf_step_cpu(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat, const at::Tensor& eps,
                    const at::Tensor& alpha, const c10::optional<at::Tensor>& noise, double clip_min,
                    double clip_max) {
   check_step(x, grad, x_nat, eps, alpha, noise);
-  const int64_t N = x.size(0);
   if (x.numel() == 0) return;
-  const int64_t D = x.numel() / N;
-  TORCH_CHECK(!std::isnan(clip_min) && !std::isnan(clip_max), "clip_min, clip_max: must not be NaN");
-  const float lo = static_cast<float>(clip_min), hi = static_cast<float>(clip_max);
+  const int64_t N = x.size(0), D = x.numel() / N;
   dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
     using C = decltype(codec);
-    const float* nz = noise.has_value() ? noise->data_ptr<float>() : nullptr;
+    using A = typename C::compute;
+    const A* nz = opt_ptr<A>(noise);
     auto run = nz ? linf_rows<C, true> : linf_rows<C, false>;
-    run(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), nz, eps.data_ptr<float>(),
-        alpha.data_ptr<float>(), N, D, lo, hi);
+    run(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), nz, eps.data_ptr<A>(), alpha.data_ptr<A>(), N, D,
+        static_cast<A>(clip_min), static_cast<A>(clip_max));
   });
 }
 
 // ----------------------------------------------------------------------------- L2 step
-template <typename C, typename T = typename C::raw>
-void l2_rows(T* x, const T* g, const T* xn, const float* noise, const float* eps, const float* alpha,
-             int64_t N, int64_t D, float lo, float hi) {
+template <typename C, typename T = typename C::raw, typename A = typename C::compute>
+void l2_rows(T* x, const T* g, const T* xn, const A* noise, const A* eps, const A* alpha, int64_t N, int64_t D,
+             A lo, A hi) {
   // One task per row (a row is at most a few hundred KB); three passes over the row, from cache:
-  // ||g||, then ||d|| with d = x + alpha*g/||g|| [+ noise] - xn, then the write.
+  // ||g||, then ||d|| with d = x + alpha*g/||g|| [+ noise] - xn, then the write. Norms: the square
+  // root of a float64 sum, rounded once to A (the reference's definition).
   at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)), [&](int64_t b, int64_t e_) {
     for (int64_t n = b; n < e_; ++n) {
       const int64_t o = n * D;
-      double gg = 0.0;  // double accumulation: within float32 rounding of torch's norm
+      double gg = 0.0;
       for (int64_t j = 0; j < D; ++j) {
         const double v = C::ld(g[o + j]);
         gg += v * v;
       }
-      const float gn = std::max(static_cast<float>(std::sqrt(gg)), kL2NormFloor);
-      const float a = alpha[n];
+      const A gn = max_nan(static_cast<A>(std::sqrt(gg)), l2_norm_floor<A>());
+      const A a = alpha[n];
       auto delta = [&](int64_t j) {  // y - xn, as the reference rounds it
-        float y = C::ld(x[o + j]) + a * (C::ld(g[o + j]) / gn);
+        A y = C::ld(x[o + j]) + a * (C::ld(g[o + j]) / gn);
         if (noise) y = y + noise[o + j];
         return y - C::ld(xn[o + j]);
       };
@@ -161,10 +178,10 @@ void l2_rows(T* x, const T* g, const T* xn, const float* noise, const float* eps
         const double v = delta(j);
         dd += v * v;
       }
-      const float dn = std::max(static_cast<float>(std::sqrt(dd)), kL2NormFloor);
-      const float factor = min_nan(eps[n] / dn, 1.f);  // clamp(max=1): NaN propagates
+      const A dn = max_nan(static_cast<A>(std::sqrt(dd)), l2_norm_floor<A>());
+      const A factor = min_nan(eps[n] / dn, A(1));  // clamp(max=1): NaN propagates
       for (int64_t j = 0; j < D; ++j) {
-        const float d = delta(j);  // recomputed (same rounding) rather than stored
+        const A d = delta(j);  // recomputed (same rounding) rather than stored
         x[o + j] = C::st(min_nan(max_nan(C::ld(xn[o + j]) + d * factor, lo), hi));
       }
     }
@@ -175,23 +192,22 @@ void l2_step_cpu(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat, 
                  const at::Tensor& alpha, const c10::optional<at::Tensor>& noise, double clip_min,
                  double clip_max) {
   check_step(x, grad, x_nat, eps, alpha, noise);
-  const int64_t N = x.size(0);
   if (x.numel() == 0) return;
+  const int64_t N = x.size(0);
   dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
     using C = decltype(codec);
-    l2_rows<C>(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat),
-                      noise.has_value() ? noise->data_ptr<float>() : nullptr, eps.data_ptr<float>(),
-                      alpha.data_ptr<float>(), N, x.numel() / N, static_cast<float>(clip_min),
-                      static_cast<float>(clip_max));
+    using A = typename C::compute;
+    l2_rows<C>(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), opt_ptr<A>(noise), eps.data_ptr<A>(),
+               alpha.data_ptr<A>(), N, x.numel() / N, static_cast<A>(clip_min), static_cast<A>(clip_max));
   });
 }
 
 // ----------------------------------------------------------------------------- random start
-template <typename C, bool Uniform, typename T = typename C::raw>
-void start_rows(T* out, const T* xn, const float* r, const float* scale, int64_t N, int64_t D, float lo, float hi) {
+template <typename C, bool Uniform, typename T = typename C::raw, typename A = typename C::compute>
+void start_rows(T* out, const T* xn, const A* r, const A* scale, int64_t N, int64_t D, A lo, A hi) {
   at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
     for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
-      const float s = scale[n];
+      const A s = scale[n];
       const int64_t o = n * D;
       for (int64_t j = j0; j < j1; ++j)
         out[o + j] = C::st(start_value<Uniform>(C::ld(xn[o + j]), r[o + j], s, lo, hi));
@@ -203,17 +219,17 @@ at::Tensor start_from_noise_cpu(const at::Tensor& x_nat, const at::Tensor& r, co
                                 bool uniform, double clip_min, double clip_max) {
   check_row_dense(x_nat, "x_nat");
   check_like(r, x_nat, "r", /*same_dtype=*/false);
-  TORCH_CHECK(r.scalar_type() == at::kFloat, "r: expected float32, got ", r.scalar_type());
-  check_vec(scale, x_nat.size(0), at::kFloat, x_nat.device(), "scale");
+  TORCH_CHECK(r.scalar_type() == compute_type(x_nat), "r: expected ", compute_type(x_nat), ", got ", r.scalar_type());
+  check_vec(scale, x_nat.size(0), compute_type(x_nat), x_nat.device(), "scale");
   at::Tensor out = at::empty_like(x_nat);  // preserve_format: a dense input keeps its strides
-  const int64_t N = x_nat.size(0);
   if (x_nat.numel() == 0) return out;
-  const float lo = static_cast<float>(clip_min), hi = static_cast<float>(clip_max);
+  const int64_t N = x_nat.size(0);
   dispatch_codec(x_nat.scalar_type(), "x_nat", [&](auto codec) {
     using C = decltype(codec);
+    using A = typename C::compute;
     auto run = uniform ? start_rows<C, true> : start_rows<C, false>;
-    run(raw_ptr<C>(out), raw_ptr<C>(x_nat), r.data_ptr<float>(), scale.data_ptr<float>(), N, x_nat.numel() / N,
-        lo, hi);
+    run(raw_ptr<C>(out), raw_ptr<C>(x_nat), r.data_ptr<A>(), scale.data_ptr<A>(), N, x_nat.numel() / N,
+        static_cast<A>(clip_min), static_cast<A>(clip_max));
   });
   return out;
 }
@@ -222,10 +238,11 @@ at::Tensor start_from_noise_cpu(const at::Tensor& x_nat, const at::Tensor& r, co
 // torch.argmax of one row: first index of the maximum, a NaN counting as the maximum.
 template <typename T>
 inline int64_t argmax_row(const T* row, int64_t C) {
-  float best = static_cast<float>(row[0]);
+  using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  A best = static_cast<A>(row[0]);
   int64_t bi = 0;
   for (int64_t c = 1; c < C && best == best; ++c) {  // stops at the first NaN
-    const float v = static_cast<float>(row[c]);
+    const A v = static_cast<A>(row[c]);
     if (v > best || v != v) {
       best = v;
       bi = c;
@@ -248,9 +265,9 @@ at::Tensor early_stop_update_cpu(const at::Tensor& logits, const at::Tensor& y, 
   int64_t* b = budget.data_ptr<int64_t>();
   int64_t* k = kappa.data_ptr<int64_t>();
   bool* lv = leave.data_ptr<bool>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "fastadv_native::early_stop_update_", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "fastadv::_early_stop_update_", [&] {
     const scalar_t* lg = logits.data_ptr<scalar_t>();
-    AT_DISPATCH_INDEX_TYPES(y.scalar_type(), "fastadv_native::early_stop_update_", [&] {
+    AT_DISPATCH_INDEX_TYPES(y.scalar_type(), "fastadv::_early_stop_update_", [&] {
       const index_t* yy = y.data_ptr<index_t>();
       at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t s, int64_t e) {
         for (int64_t i = s; i < e; ++i) {
@@ -279,34 +296,32 @@ std::tuple<at::Tensor, at::Tensor> compaction_plan_cpu(const at::Tensor& leave) 
   return {dest, at::scalar_tensor(next, leave.options().dtype(at::kLong))};
 }
 
-void check_plan(const at::Tensor& dest, const c10::optional<at::Tensor>& index, const c10::optional<at::Tensor>& out,
-                int64_t M, const at::Device& dev) {
-  check_vec(dest, M, at::kLong, dev, "dest");
-  TORCH_CHECK(index.has_value() == out.has_value(), "index and out must be given together");
-  if (index.has_value()) check_vec(*index, M, at::kLong, dev, "index");
+// Raises (before anything is written) on a plan that would write out of bounds: dest[i] >= P
+// packed rows, or a leaver's index[i] outside the R rows of `leavers`.
+void check_plan_values(const int64_t* d, const int64_t* ix, int64_t M, int64_t P, int64_t R) {
+  for (int64_t i = 0; i < M; ++i) {
+    TORCH_CHECK_INDEX(d[i] >= -1 && d[i] < P, "dest[", i, "] = ", d[i], " is out of range for ", P, " packed rows");
+    TORCH_CHECK_INDEX(d[i] >= 0 || !ix || (ix[i] >= 0 && ix[i] < R), "index[", i, "] = ", ix ? ix[i] : 0,
+                      " is out of range for leavers with ", R, " rows");
+  }
 }
 
-// Row i of src goes to packed[dest[i]] (dest >= 0) or to out[index[i]] (a leaver), as raw bytes.
+// Row i of src goes to packed[dest[i]] (dest >= 0) or to leavers[index[i]] (a leaver), as raw bytes.
 void compact_rows_cpu(const at::Tensor& src, const at::Tensor& dest, const c10::optional<at::Tensor>& index,
-                      c10::optional<at::Tensor> out, at::Tensor packed) {
+                      c10::optional<at::Tensor> leavers, at::Tensor packed, at::Tensor errors) {
   TORCH_CHECK(src.dim() >= 1 && rows_dense(src), "src: rows must be dense blocks (contiguous or channels_last)");
   const int64_t M = src.size(0);
-  check_plan(dest, index, out, M, src.device());
+  check_plan(dest, index, leavers, errors, M, src.device());
   check_rows_like(packed, src, "packed");
-  if (out.has_value()) check_rows_like(*out, src, "out");
+  if (leavers.has_value()) check_rows_like(*leavers, src, "leavers");
   if (M == 0) return;
   const int64_t row_bytes = row_numel(src) * src.element_size();
-  const int64_t P = packed.size(0), R = out.has_value() ? out->size(0) : 0;
   const char* s = static_cast<const char*>(src.data_ptr());
   char* pk = static_cast<char*>(packed.data_ptr());
-  char* o = out.has_value() ? static_cast<char*>(out->data_ptr()) : nullptr;
+  char* o = leavers.has_value() ? static_cast<char*>(leavers->data_ptr()) : nullptr;
   const int64_t* d = dest.data_ptr<int64_t>();
   const int64_t* ix = index.has_value() ? index->data_ptr<int64_t>() : nullptr;
-  for (int64_t i = 0; i < M; ++i) {  // bounds first: a bad plan must not write out of bounds
-    TORCH_CHECK(d[i] < P, "dest[", i, "] = ", d[i], " is out of range for ", P, " packed rows");
-    TORCH_CHECK(d[i] >= 0 || !o || (ix[i] >= 0 && ix[i] < R), "index[", i, "] = ", ix ? ix[i] : 0,
-                " is out of range for out with ", R, " rows");
-  }
+  check_plan_values(d, ix, M, packed.size(0), leavers.has_value() ? leavers->size(0) : 0);
   at::parallel_for(0, M, std::max<int64_t>(1, kGrain * 4 / std::max<int64_t>(row_bytes, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       if (d[i] >= 0)
@@ -318,21 +333,21 @@ void compact_rows_cpu(const at::Tensor& src, const at::Tensor& dest, const c10::
 }
 
 // ----------------------------------------------------------------------------- fused step + compaction
-template <typename C, bool HasNoise, typename T = typename C::raw>
-void linf_compact_rows(const T* x, const T* g, const T* xn, const float* noise, const float* eps,
-                       const float* alpha, const int64_t* dest, const int64_t* index, T* out, T* x_next,
-                       T* xn_next, int64_t N, int64_t D, float lo, float hi) {
+template <typename C, bool HasNoise, typename T = typename C::raw, typename A = typename C::compute>
+void linf_compact_rows(const T* x, const T* g, const T* xn, const A* noise, const A* eps, const A* alpha,
+                       const int64_t* dest, const int64_t* index, T* leavers, T* x_next, T* xn_next, int64_t N,
+                       int64_t D, A lo, A hi) {
   at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
     for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
       const int64_t o = n * D, dn = dest[n];
       if (dn < 0) {  // a leaver keeps the iterate at which it left
-        std::memcpy(out + index[n] * D + j0, x + o + j0, (j1 - j0) * sizeof(T));
+        std::memcpy(leavers + index[n] * D + j0, x + o + j0, (j1 - j0) * sizeof(T));
         return;
       }
-      const float e = eps[n], a = alpha[n];
+      const A e = eps[n], a = alpha[n];
       T* xo = x_next + dn * D;
       for (int64_t j = j0; j < j1; ++j) {
-        const float nz = HasNoise ? noise[o + j] : 0.f;
+        const A nz = HasNoise ? noise[o + j] : A(0);
         xo[j] = C::st(linf_value<HasNoise>(C::ld(x[o + j]), C::ld(g[o + j]), C::ld(xn[o + j]), e, a, nz, lo, hi));
       }
       std::memcpy(xn_next + dn * D + j0, xn + o + j0, (j1 - j0) * sizeof(T));
@@ -342,44 +357,39 @@ void linf_compact_rows(const T* x, const T* g, const T* xn, const float* noise, 
 
 void linf_step_compact_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
                            const at::Tensor& eps, const at::Tensor& alpha, const c10::optional<at::Tensor>& noise,
-                           const at::Tensor& dest, const at::Tensor& index, at::Tensor out, at::Tensor x_next,
-                           at::Tensor x_nat_next, double clip_min, double clip_max) {
+                           const at::Tensor& dest, const at::Tensor& index, at::Tensor leavers, at::Tensor x_next,
+                           at::Tensor x_nat_next, at::Tensor errors, double clip_min, double clip_max) {
   check_step(x, grad, x_nat, eps, alpha, noise);
   const int64_t M = x.size(0);
-  check_plan(dest, index, out, M, x.device());
-  check_rows_like(out, x, "out");
+  check_plan(dest, index, leavers, errors, M, x.device());
+  check_rows_like(leavers, x, "leavers");
   check_rows_like(x_next, x, "x_next");
   check_rows_like(x_nat_next, x, "x_nat_next");
   TORCH_CHECK(x_next.size(0) == x_nat_next.size(0), "x_next and x_nat_next must have the same number of rows");
   if (x.numel() == 0) return;
-  const int64_t P = x_next.size(0), R = out.size(0);
   const int64_t* d = dest.data_ptr<int64_t>();
   const int64_t* ix = index.data_ptr<int64_t>();
-  for (int64_t i = 0; i < M; ++i) {
-    TORCH_CHECK(d[i] < P, "dest[", i, "] = ", d[i], " is out of range for ", P, " packed rows");
-    TORCH_CHECK(d[i] >= 0 || (ix[i] >= 0 && ix[i] < R), "index[", i, "] = ", ix[i], " is out of range for out with ",
-                R, " rows");
-  }
-  TORCH_CHECK(!std::isnan(clip_min) && !std::isnan(clip_max), "clip_min, clip_max: must not be NaN");
-  const float lo = static_cast<float>(clip_min), hi = static_cast<float>(clip_max);
+  check_plan_values(d, ix, M, x_next.size(0), leavers.size(0));
   dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
     using C = decltype(codec);
-    const float* nz = noise.has_value() ? noise->data_ptr<float>() : nullptr;
+    using A = typename C::compute;
+    const A* nz = opt_ptr<A>(noise);
     auto run = nz ? linf_compact_rows<C, true> : linf_compact_rows<C, false>;
-    run(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), nz, eps.data_ptr<float>(), alpha.data_ptr<float>(), d,
-        ix, raw_ptr<C>(out), raw_ptr<C>(x_next), raw_ptr<C>(x_nat_next), M, x.numel() / M, lo, hi);
+    run(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), nz, eps.data_ptr<A>(), alpha.data_ptr<A>(), d, ix,
+        raw_ptr<C>(leavers), raw_ptr<C>(x_next), raw_ptr<C>(x_nat_next), M, x.numel() / M,
+        static_cast<A>(clip_min), static_cast<A>(clip_max));
   });
 }
 
 }  // namespace
 }  // namespace fastadv
 
-TORCH_LIBRARY_IMPL(fastadv_native, CPU, m) {
-  m.impl("linf_step_", &fastadv::linf_step_cpu);
-  m.impl("l2_step_", &fastadv::l2_step_cpu);
-  m.impl("start_from_noise", &fastadv::start_from_noise_cpu);
-  m.impl("early_stop_update_", &fastadv::early_stop_update_cpu);
-  m.impl("compaction_plan", &fastadv::compaction_plan_cpu);
-  m.impl("compact_rows", &fastadv::compact_rows_cpu);
-  m.impl("linf_step_compact", &fastadv::linf_step_compact_cpu);
+TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
+  m.impl("_linf_step_", &fastadv::linf_step_cpu);
+  m.impl("_l2_step_", &fastadv::l2_step_cpu);
+  m.impl("_start_from_noise", &fastadv::start_from_noise_cpu);
+  m.impl("_early_stop_update_", &fastadv::early_stop_update_cpu);
+  m.impl("_compaction_plan", &fastadv::compaction_plan_cpu);
+  m.impl("_compact_rows", &fastadv::compact_rows_cpu);
+  m.impl("_linf_step_compact", &fastadv::linf_step_compact_cpu);
 }

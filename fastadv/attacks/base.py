@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..losses import ATTACK_LOSSES, ce_loss, cw_loss, kl_loss
-from ..ops._validation import FLOAT_DTYPES, check_clip, per_sample
+from ..ops._validation import FLOAT_DTYPES, check_clip, compute_dtype, per_sample
 
 NORMS = ("linf", "l2")
 RANDOM_STARTS = ("uniform", "normal", None)
@@ -139,7 +139,7 @@ class Attack:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+            raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
         if x.dim() < 1:
             raise ValueError("x must have a batch dimension first, got a 0-dim tensor")
         if not isinstance(y, Tensor):
@@ -155,8 +155,8 @@ class Attack:
             dev = next((p.device for p in self.model.parameters()), None)
             if dev is not None and dev != x.device:
                 raise ValueError(f"x is on {x.device} but the model's parameters are on {dev}")
-        eps = per_sample("eps", self.eps, n, x.device)
-        alpha = per_sample("alpha", self.alpha, n, x.device)
+        eps = per_sample("eps", self.eps, n, x.device, compute_dtype(x))
+        alpha = per_sample("alpha", self.alpha, n, x.device, compute_dtype(x))
         return x.detach(), y.to(torch.int64), eps, alpha
 
     @contextlib.contextmanager
@@ -188,11 +188,12 @@ class Attack:
         """A uniform start for the L2 ball: a random direction times a radius ε·U(0, 1)
         (torchattacks' PGDL2), so that every output, even an unstepped start, is within ε."""
         n = x_nat.shape[0]
-        g = torch.randn(x_nat.shape, dtype=torch.float32, device=x_nat.device)
-        radius = eps * torch.rand(n, device=x_nat.device)
+        dt = compute_dtype(x_nat)
+        g = torch.randn(x_nat.shape, dtype=dt, device=x_nat.device)
+        radius = eps * torch.rand(n, dtype=dt, device=x_nat.device)
         scale = radius / g.reshape(n, -1).norm(dim=1).clamp_min(1e-12)
         delta = g * scale.view((-1,) + (1,) * (g.dim() - 1))
-        return (x_nat.float() + delta).clamp_(self.clip_min, self.clip_max).to(x_nat.dtype)
+        return (x_nat.to(dt) + delta).clamp_(self.clip_min, self.clip_max).to(x_nat.dtype)
 
     def _check(self, x: Tensor, y: Tensor, clean: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """One check at iterate ``x``: the detached logits and d loss / d x."""
@@ -220,7 +221,7 @@ class Attack:
         """FAT's ω·N(0, I) term of each update, drawn on x's device (None when ω = 0)."""
         if self.omega == 0.0:
             return None
-        return torch.randn(x.shape, dtype=torch.float32, device=x.device).mul_(self.omega)
+        return torch.randn(x.shape, dtype=compute_dtype(x), device=x.device).mul_(self.omega)
 
     def _step_(self, x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor) -> Tensor:
         """One projected step in place on ``x`` (fused kernel)."""

@@ -71,7 +71,7 @@ class EarlyStopPGD(Attack):
                 continue
             state = torch.stack([index, y, budget, kappa, index.new_full((m,), k)], dim=1)
             # Leavers' state goes to final[index] (k updates); the rest is packed in stable order.
-            packed = ops.compact_rows(state, dest, m_next, index=index, out=final).t().contiguous()
+            packed = ops.compact_rows(state, dest, m_next, index=index, leavers=final).t().contiguous()
             per_row = ops.compact_rows(per_row, dest, m_next)
             x, x_nat = self._step_compact(x, grad, x_nat, eps, alpha, dest, m_next, index, out,
                                           per_row)
@@ -84,9 +84,9 @@ class EarlyStopPGD(Attack):
                 break
         if m:  # survivors: x^K, unchecked, K updates, back to their input rows
             no_dest = torch.full((m,), -1, dtype=torch.int64, device=dev)
-            ops.compact_rows(x, no_dest, 0, index=index, out=out)
+            ops.compact_rows(x, no_dest, 0, index=index, leavers=out)
             state = torch.stack([index, y, budget, kappa, index.new_full((m,), K)], dim=1)
-            ops.compact_rows(state, no_dest, 0, index=index, out=final)
+            ops.compact_rows(state, no_dest, 0, index=index, leavers=final)
         return _result(out, final[:, _UPDATES], final[:, _KAPPA], K, rows_computed)
 
     def _step_compact(self, x, grad, x_nat, eps, alpha, dest, m_next, index, out, per_row_next):
@@ -97,7 +97,7 @@ class EarlyStopPGD(Attack):
                                              self.clip_min, self.clip_max, noise=self._noise(x),
                                              check=False)
             # L2 needs each row's norm first: pack, then step the packed rows.
-            x_next = ops.compact_rows(x, dest, m_next, index=index, out=out)
+            x_next = ops.compact_rows(x, dest, m_next, index=index, leavers=out)
             g_next = ops.compact_rows(grad, dest, m_next)
             xn_next = ops.compact_rows(x_nat, dest, m_next)
             e_next, a_next = per_row_next.t().contiguous().unbind(0)

@@ -1,6 +1,13 @@
-"""Argument checks shared by the public ops: clear ``TypeError``/``ValueError`` naming the argument.
+"""The one validation of the ops: every check of user input, for every backend, raising
+``TypeError``/``ValueError``/``IndexError`` that names the argument.
 
-Kernels never see bad input: every public function validates first (SPEC §1).
+The public ops ``torch.ops.fastadv.*`` (``fastadv.ops.library``) call these in their bodies before
+any backend runs, so a raw ``torch.ops.fastadv.linf_step_`` call is checked exactly like
+``fastadv.ops.linf_step_``, whichever backend then computes it. The backends' kernels assume
+validated input (the C++ ones keep memory-safety guards only).
+
+The compute dtype of a float tensor is float64 for float64 and float32 for float32, float16 and
+bfloat16 (:func:`compute_dtype`); per-sample vectors and noise are converted to it.
 """
 from __future__ import annotations
 
@@ -10,15 +17,21 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_NAMES = "float64, float32, float16 or bfloat16"
 Number = Union[int, float]
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """float64 for float64 tensors, else float32: the dtype every kernel computes in."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def check_tensor(name: str, t, *, float_only: bool = True) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if float_only and t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        raise TypeError(f"{name} must be {_FLOAT_NAMES}, got {t.dtype}")
     return t
 
 
@@ -40,21 +53,23 @@ def check_batched(name: str, t: Tensor) -> Tensor:
     return t
 
 
-def per_sample(name: str, v, n: int, device: torch.device, *, check: bool = True) -> Tensor:
-    """A float or a [N] tensor, as a float32 [N] tensor on ``device``; must be finite and >= 0.
+def check_number(name: str, v, *, minimum: Optional[float] = 0.0) -> float:
+    """A finite Python number (``>= minimum`` unless None), as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {v}")
+    return float(v)
 
-    With ``check=False`` a tensor's values are not inspected (that would cost a host sync).
-    """
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be a float or a tensor of shape [N], got bool")
-    if isinstance(v, (int, float)):
-        if not math.isfinite(v):
-            raise ValueError(f"{name} must be finite, got {v}")
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
-        return torch.full((n,), float(v), dtype=torch.float32, device=device)
+
+def per_sample(name: str, v, n: int, device: torch.device, dtype: torch.dtype = torch.float32, *,
+               check: bool = True) -> Tensor:
+    """A float or a [N] (or 0-dim) tensor, as a contiguous ``dtype`` [N] tensor on ``device``;
+    finite and >= 0. With ``check=False`` a tensor's values are not inspected (a host sync)."""
     if not isinstance(v, Tensor):
-        raise TypeError(f"{name} must be a float or a tensor of shape [N], got {type(v).__name__}")
+        return torch.full((n,), check_number(name, v), dtype=dtype, device=device)
     if v.dim() == 0:
         v = v.expand(n)
     if v.shape != (n,):
@@ -63,7 +78,7 @@ def per_sample(name: str, v, n: int, device: torch.device, *, check: bool = True
         raise ValueError(f"{name} is on {v.device} but the batch is on {device}")
     if not (v.dtype.is_floating_point or v.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must be a floating-point tensor, got {v.dtype}")
-    v = v.to(torch.float32).contiguous()
+    v = v.to(dtype).contiguous()
     if check and n:
         if not bool(torch.isfinite(v).all()):
             raise ValueError(f"{name} must be finite (it has inf or nan entries)")
@@ -93,6 +108,19 @@ def check_step_args(x, grad, x_nat, noise: Optional[Tensor]) -> None:
         raise ValueError("x requires grad: the step is in place; call it under torch.no_grad() or pass x.detach()")
 
 
+def step_inputs(x, grad, x_nat, eps, alpha, noise, clip_min, clip_max, check: bool):
+    """The checked and normalised arguments of a step: ``(eps, alpha, noise, clip_min, clip_max)``
+    with eps/alpha [N] and noise in the compute dtype."""
+    check_step_args(x, grad, x_nat, noise)
+    clip_min, clip_max = check_clip(clip_min, clip_max)
+    n, dt = x.shape[0], compute_dtype(x)
+    eps = per_sample("eps", eps, n, x.device, dt, check=check)
+    alpha = per_sample("alpha", alpha, n, x.device, dt, check=check)
+    if noise is not None and noise.dtype != dt:
+        noise = noise.to(dt)
+    return eps, alpha, noise, clip_min, clip_max
+
+
 def check_index_vector(name: str, t, n: int, device: torch.device, dtypes=(torch.int64,)) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -104,3 +132,68 @@ def check_index_vector(name: str, t, n: int, device: torch.device, dtypes=(torch
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the batch is on {device}")
     return t
+
+
+def check_early_stop_args(logits, y, budget, kappa) -> None:
+    check_tensor("logits", logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    if logits.shape[0] and logits.shape[1] == 0:
+        raise ValueError("logits must have at least one class")
+    n, dev = logits.shape[0], logits.device
+    check_index_vector("y", y, n, dev, (torch.int64, torch.int32))
+    check_index_vector("budget", budget, n, dev)
+    check_index_vector("kappa", kappa, n, dev)
+
+
+def check_leave(leave) -> None:
+    if not isinstance(leave, Tensor):
+        raise TypeError(f"leave must be a torch.Tensor, got {type(leave).__name__}")
+    if leave.dtype != torch.bool or leave.dim() != 1:
+        raise TypeError(f"leave must be a 1-D bool tensor, got {leave.dtype} of shape {tuple(leave.shape)}")
+
+
+def check_n_active(n_active, m: int) -> int:
+    if isinstance(n_active, bool) or not isinstance(n_active, int) or not 0 <= n_active <= m:
+        raise ValueError(f"n_active must be an int in [0, {m}], got {n_active!r}")
+    return n_active
+
+
+def check_plan(src: Tensor, dest, n_active, index, leavers, *, index_required: bool) -> int:
+    """``dest`` int64 [M], ``n_active`` in [0, M]; ``index`` int64 [M] with ``leavers`` (rows shaped
+    like ``src``'s, same dtype and device). Returns ``n_active``."""
+    m = src.shape[0]
+    check_index_vector("dest", dest, m, src.device)
+    n_active = check_n_active(n_active, m)
+    if leavers is None:
+        if index_required:
+            raise ValueError("leavers is required (the leaving rows are written to leavers[index])")
+        return n_active
+    check_tensor("leavers", leavers, float_only=False)
+    if index is None:
+        raise ValueError("index is required with leavers (leaving rows are written to leavers[index])")
+    check_index_vector("index", index, m, src.device)
+    if leavers.dim() != src.dim() or leavers.shape[1:] != src.shape[1:]:
+        raise ValueError(f"leavers must have shape [*, {', '.join(map(str, src.shape[1:]))}], "
+                         f"got {tuple(leavers.shape)}")
+    if leavers.device != src.device or leavers.dtype != src.dtype:
+        raise ValueError(f"leavers is {leavers.dtype} on {leavers.device} but the rows are {src.dtype} on {src.device}")
+    return n_active
+
+
+def check_plan_values(dest: Tensor, n_active: int, index: Optional[Tensor], leavers: Optional[Tensor]) -> None:
+    """The values of a plan (one host read): ``dest`` in [-1, n_active), and each leaver's ``index``
+    in [0, rows of leavers). A plan outside these would write out of bounds."""
+    if dest.numel() == 0:
+        return
+    stats = [dest.min(), dest.max()]
+    leaving = dest < 0
+    if leavers is not None:
+        bad_index = leaving & ((index < 0) | (index >= leavers.shape[0]))
+        stats.append(bad_index.any())
+    values = torch.stack([s.to(torch.int64) for s in stats]).tolist()
+    if values[0] < -1 or values[1] >= n_active:
+        raise IndexError(f"dest must be in [-1, {n_active}) (n_active = {n_active}), "
+                         f"got values in [{values[0]}, {values[1]}]")
+    if leavers is not None and values[2]:
+        raise IndexError(f"index of a leaving row is out of range for leavers with {leavers.shape[0]} rows")

@@ -3,8 +3,8 @@
 Backends are modules with the functions of ``fastadv.ops.reference`` (same names, same contract)
 and a ``supports(device) -> bool``:
 
-- ``native``: C++ (CPU, OpenMP + vectorised) and CUDA C++ kernels from ``csrc/`` (``fastadv._C``),
-  built at install time or just in time with ninja;
+- ``native``: C++ (CPU, OpenMP + vectorised) and CUDA C++ kernels from ``csrc/`` (``fastadv._C``,
+  the ops ``torch.ops.fastadv._*``), built at install time or just in time with ninja;
 - ``triton``: Triton kernels, for CUDA tensors (and on the CPU under ``TRITON_INTERPRET=1``);
 - ``reference``: plain PyTorch, always available.
 
@@ -60,6 +60,11 @@ def available_backends(device="cpu") -> list[str]:
             out.append(name)
     order = _ORDER.get(dtype, ("reference",))
     return sorted(out, key=lambda n: order.index(n) if n in order else len(order))
+
+
+def is_reference(backend: ModuleType) -> bool:
+    """The reference takes tensors in any layout; the others want them row-dense (library.py)."""
+    return backend is _module("reference")
 
 
 def forced_backend() -> str | None:

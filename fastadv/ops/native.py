@@ -1,27 +1,38 @@
-"""The native backend: C++ kernels for the CPU and CUDA C++ kernels (csrc/), as ``torch.ops.fastadv_native.*``.
+"""The native backend: the C++ (CPU) and CUDA C++ kernels of csrc/, the ops ``torch.ops.fastadv._*``.
 
-The library is ``fastadv._C``, built by ``pip install --no-build-isolation -e .``. If it is missing, it
-is built just in time with ``torch.utils.cpp_extension.load`` (ninja; cached in torch's per-user
-extensions directory, about a minute once) from the package's sources, unless ``FASTADV_NO_JIT=1``.
-If that fails too, a warning is given once and :func:`supports` is False: the dispatcher then uses
-the reference backend.
+The library is ``fastadv._C``, built by ``pip install --no-build-isolation -e .``. If it is missing,
+it is built just in time with ``torch.utils.cpp_extension.load`` (ninja; cached in torch's
+per-user extensions folder) from the package's sources, unless ``FASTADV_NO_JIT=1``. A failed
+just-in-time build is reported in one line naming its log, and remembered (keyed by the torch
+version and a hash of the sources and flags): later processes do not try again until the sources or
+torch change, or the marker file named in the warning is deleted. The dispatcher then uses the
+reference backend.
 
-The functions have the names, signatures and semantics of ``fastadv.ops.reference``; they take the
-normalised inputs of ``fastadv.ops.library`` (row-dense tensors sharing one layout, float32 [N]
-``eps``/``alpha``/``scale``, float32 noise, contiguous int64 vectors).
+The kernels (module attributes ``linf_step``, ``l2_step``, ... with the names and signatures of
+``fastadv.ops.reference``) are the registered ops themselves: ``native.linf_step`` is
+``torch.ops.fastadv._linf_step_``. They take the inputs ``fastadv.ops.library`` validated and
+normalised (row-dense tensors sharing one layout, per-sample vectors and noise in the compute
+dtype, contiguous int64 vectors).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import Tensor
 
+from .. import _build
 from . import dispatch
 
-_state: dict = {"module": None, "error": None, "source": None, "info": None}
+_state: dict = {"loaded": False, "error": None, "source": None, "info": None}
+
+# Backend function name -> kernel op of the library.
+_KERNELS = {"linf_step": "_linf_step_", "l2_step": "_l2_step_", "start_from_noise": "_start_from_noise",
+            "early_stop_update": "_early_stop_update_", "compaction_plan": "_compaction_plan",
+            "compact_rows": "_compact_rows", "linf_step_compact": "_linf_step_compact"}
 
 
 def _source_dir() -> Optional[Path]:
@@ -33,76 +44,92 @@ def _source_dir() -> Optional[Path]:
     return None
 
 
-def _jit_build():
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastadv"
+
+
+@contextlib.contextmanager
+def _output_to(log: Path):
+    """Send this process's stdout/stderr (and the compiler's, which inherits them) to ``log``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _jit_build() -> None:
+    """Build and load the library just in time, or raise RuntimeError naming the log (at once if
+    this torch already failed on these sources)."""
     from torch.utils import cpp_extension as ce
 
     src = _source_dir()
     if src is None:
         raise RuntimeError("the kernel sources (csrc/) are not installed")
-    sources = [src / "ops.cpp", src / "cpu" / "ops_cpu.cpp"]
-    with_cuda = bool(torch.version.cuda) and ce.CUDA_HOME is not None
-    cflags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp",
-              f"-march={os.environ.get('FASTADV_CPU_ARCH', 'native')}"]
-    if with_cuda:
-        sources += [src / "cuda" / "kernels.cu", src / "cuda" / "ops_cuda.cpp"]
-        cflags.append("-DFASTADV_WITH_CUDA")
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-    return ce.load(name="fastadv_native", sources=[str(s) for s in sources], extra_cflags=cflags,
-                   extra_cuda_cflags=["-O3", "-std=c++17", "--fmad=false"] + (["-DFASTADV_WITH_CUDA"] if with_cuda else []),
-                   extra_ldflags=["-fopenmp"], with_cuda=with_cuda, verbose=False)
-
-
-def _register_fakes() -> None:
-    """Shapes of the native ops' outputs for FakeTensor / torch.compile tracing (no data is touched)."""
-    reg = torch.library.register_fake
-    for name in ("linf_step_", "l2_step_"):
-        reg(f"fastadv_native::{name}")(lambda x, grad, x_nat, eps, alpha, noise, clip_min, clip_max: None)
-    reg("fastadv_native::start_from_noise")(
-        lambda x_nat, r, scale, uniform, clip_min, clip_max: torch.empty_like(x_nat))
-    reg("fastadv_native::early_stop_update_")(
-        lambda logits, y, budget, kappa: logits.new_empty(logits.shape[0], dtype=torch.bool))
-    reg("fastadv_native::compaction_plan")(
-        lambda leave: (leave.new_empty(leave.shape[0], dtype=torch.int64), leave.new_empty((), dtype=torch.int64)))
-    reg("fastadv_native::compact_rows")(lambda src, dest, index, out, packed: None)
-    reg("fastadv_native::linf_step_compact")(
-        lambda x, grad, x_nat, eps, alpha, noise, dest, index, out, x_next, x_nat_next, clip_min, clip_max: None)
-
-
-def _load():
-    """Import fastadv._C, else build it just in time; None (with one warning) if neither works."""
-    if _state["module"] is not None or _state["error"] is not None:
-        return _state["module"]
+    with_cuda = bool(torch.version.cuda) and _build.find_cuda_home()[0] is not None
+    key = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}-{_build.source_hash(src)}"
+    cache = _cache_dir()
+    failed, log = cache / f"jit-failed-{key}", cache / f"jit-{key}.log"
+    if failed.exists():
+        raise RuntimeError(f"the just-in-time build failed before for torch {torch.__version__} and these "
+                           f"sources (log: {log}; delete {failed} to try again)")
+    cache.mkdir(parents=True, exist_ok=True)
     try:
-        from fastadv import _C as mod  # noqa: F401  (loading it registers torch.ops.fastadv_native)
-        _state.update(module=mod, source="installed")
-        _register_fakes()
-        return mod
+        with _output_to(log):
+            if with_cuda:
+                _build.use_cuda_home(ce)
+                _build.set_cuda_arch_list(torch)
+            ce.load(name="fastadv_native", sources=[str(s) for s in _build.sources(src, with_cuda)],
+                    extra_cflags=_build.cxx_flags(with_cuda), extra_cuda_cflags=_build.nvcc_flags(),
+                    extra_ldflags=["-fopenmp"], with_cuda=with_cuda, is_python_module=False, verbose=True)
+    except Exception as exc:
+        failed.write_text(f"{type(exc).__name__}: {str(exc)[:2000]}\n")
+        raise RuntimeError(f"the just-in-time build failed (log: {log}); it will not be tried again for "
+                           f"torch {torch.__version__} and these sources (delete {failed} to retry)") from None
+
+
+def _load() -> bool:
+    """Import fastadv._C, else build it just in time; False (with one warning) if neither works."""
+    if _state["loaded"] or _state["error"] is not None:
+        return _state["loaded"]
+    try:
+        from fastadv import _C  # noqa: F401  (loading it registers torch.ops.fastadv._*)
+        _state.update(loaded=True, source="installed")
+        return True
     except ImportError as exc:
-        first = exc
-    if os.environ.get("FASTADV_NO_JIT") == "1":
-        _state["error"] = first
-    else:
+        _state["error"] = exc
+    if os.environ.get("FASTADV_NO_JIT") != "1":
         try:
-            _state.update(module=_jit_build(), source="jit")
-            _register_fakes()
-            return _state["module"]
+            _jit_build()
+            _state.update(loaded=True, source="jit", error=None)
+            return True
         except Exception as exc:  # compiler missing, build error: fall back to the reference
             _state["error"] = exc
-    dispatch.warn_once("native", f"fastadv: native kernels unavailable ({_state['error']}); "
-                                 "using the reference backend. Build them with "
-                                 "`pip install --no-build-isolation -e .`")
-    return None
+    dispatch.warn_once("native", f"fastadv: native kernels unavailable ({_state['error']}); using the "
+                                 "reference backend. Build them with `pip install --no-build-isolation -e .`")
+    return False
 
 
 def build_info() -> dict:
     """What the native library holds: ``{"loaded", "source" ("installed"|"jit"), "cpu", "cuda",
     "openmp", "threads", "cpu_isa"}``, or ``{"loaded": False, "error": ...}``."""
-    mod = _load()
-    if mod is None:
-        return {"loaded": False, "error": repr(_state["error"])}
+    if not _load():
+        return {"loaded": False, "error": str(_state["error"])}
     if _state["info"] is None:
-        _state["info"] = mod.build_info()
+        words = dict(w.split("=") for w in torch.ops.fastadv._build_info().split())
+        _state["info"] = {"cpu": True, "cuda": words["cuda"] == "1", "openmp": words["openmp"] == "1",
+                          "cpu_isa": words["cpu_isa"]}
     # threads: what the kernels use now (at::parallel_for follows torch.set_num_threads).
     return {"loaded": True, "source": _state["source"], **_state["info"], "threads": torch.get_num_threads()}
 
@@ -110,47 +137,15 @@ def build_info() -> dict:
 def supports(device: torch.device) -> bool:
     """CPU when the library is loaded; CUDA when it was also built with the CUDA kernels."""
     kind = torch.device(device).type
-    if kind not in ("cpu", "cuda") or _load() is None:
+    if kind not in ("cpu", "cuda") or not _load():
         return False
-    return kind == "cpu" or bool(build_info()["cuda"])
+    return kind == "cpu" or build_info()["cuda"]
 
 
-def _ops():
-    return torch.ops.fastadv_native
-
-
-# ----------------------------------------------------------------------------- the kernels
-def linf_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
-              noise: Optional[Tensor], clip_min: float, clip_max: float) -> None:
-    _ops().linf_step_(x, grad, x_nat, eps, alpha, noise, clip_min, clip_max)
-
-
-def l2_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
-            noise: Optional[Tensor], clip_min: float, clip_max: float) -> None:
-    _ops().l2_step_(x, grad, x_nat, eps, alpha, noise, clip_min, clip_max)
-
-
-def start_from_noise(x_nat: Tensor, r: Tensor, scale: Tensor, uniform: bool,
-                     clip_min: float, clip_max: float) -> Tensor:
-    return _ops().start_from_noise(x_nat, r, scale, uniform, clip_min, clip_max)
-
-
-def early_stop_update(logits: Tensor, y: Tensor, budget: Tensor, kappa: Tensor) -> Tensor:
-    return _ops().early_stop_update_(logits, y, budget, kappa)
-
-
-def compaction_plan(leave: Tensor) -> tuple[Tensor, Tensor]:
-    dest, n_active = _ops().compaction_plan(leave)
-    return dest, n_active
-
-
-def compact_rows(src: Tensor, dest: Tensor, index: Optional[Tensor], out: Optional[Tensor],
-                 packed: Tensor) -> None:
-    _ops().compact_rows(src, dest, index, out, packed)
-
-
-def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
-                      noise: Optional[Tensor], dest: Tensor, index: Tensor, out: Tensor,
-                      x_next: Tensor, x_nat_next: Tensor, clip_min: float, clip_max: float) -> None:
-    _ops().linf_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, out, x_next, x_nat_next,
-                             clip_min, clip_max)
+def __getattr__(name: str):
+    """``native.linf_step`` etc.: the kernel ops (loading the library on first use)."""
+    if name in _KERNELS and _load():
+        op = getattr(torch.ops.fastadv, _KERNELS[name])
+        globals()[name] = op  # later lookups skip this function
+        return op
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,15 +5,18 @@ before this module is imported; the test suite does that in ``tests/conftest.py`
 is not installed, importing this module raises ``ImportError`` and the dispatcher skips it.
 
 The functions have the names, signatures and semantics of ``fastadv.ops.reference`` and take the
-normalised inputs of ``fastadv.ops.library``: row-dense tensors that share one memory layout (so a
-sample is D consecutive elements: element j of row i is at ``base + i*D + j``, for contiguous and
-channels_last alike), ``eps``/``alpha``/``scale`` float32 [N], ``noise`` float32 or None, contiguous
-int64 index vectors. Every kernel is handed 1-D views of that memory (see :func:`_flat`).
+inputs that ``fastadv.ops.library`` validated and normalised (no checks here): row-dense tensors
+that share one memory layout (so a sample is D consecutive elements: element j of row i is at
+``base + i*D + j``, for contiguous and channels_last alike), ``eps``/``alpha``/``scale``/``noise``
+in the compute dtype, contiguous int64 index vectors. Every kernel is handed 1-D views of that
+memory (see :func:`_flat`).
 
 Numerics (bit-exact with the reference for the L∞ step, the random start, the early-stop update
-and compaction; the L2 step to float32 rounding):
+and compaction; the L2 step to rounding):
 
-- loads are decoded to float32 and results rounded once to the storage dtype. bfloat16 is moved as
+- the compute dtype is float64 for float64 tensors (whose clip bounds then travel as a float64
+  tensor: Triton passes Python floats as float32), float32 otherwise;
+- loads are decoded to the compute dtype and results rounded once to the storage dtype. bfloat16 is moved as
   its int16 bits and converted with integer arithmetic (round to nearest even, NaN -> 0x7FC0, as
   c10 does): the interpreter's own float32 -> bfloat16 cast truncates (and its "rtne" mode rounds
   ties away from zero), so ``.to(tl.bfloat16)`` would be 1 ulp off. float16 uses Triton's casts
@@ -23,14 +26,15 @@ and compaction; the L2 step to float32 rounding):
 - no FMA contraction: every launch passes ``enable_fp_fusion=False`` (Triton then emits no
   ``llvm.fma`` for ``a*b + c`` and runs ptxas with ``--fmad=false``). The interpreter evaluates
   each operation separately in numpy, so it never fuses, and it ignores that launch option.
-- the L2 step uses ``tl.sqrt_rn``/``tl.div_rn`` (IEEE-rounded; ``tl.sqrt`` and ``/`` may be
-  approximate on the GPU) and float32 partial sums (another summation order than torch.norm).
+- the L2 step's norms are float64 sums (in another order than the reference's), square-rooted in
+  float64 (``sqrt.rn.f64``, IEEE) and rounded once to the compute dtype; float32 divisions use
+  ``tl.div_rn`` (``/`` may be approximate on the GPU), float64 ones ``/`` (``div.rn.f64``).
 
 Launch shapes: each program handles a [ROWS, BLOCK_D] tile with ROWS·BLOCK_D <= ``_BLOCK`` elements
 (8192 in the interpreter, whose cost grows with the number of programs; 4096 on the GPU); rows that
 fit in a tile are batched into one program. No autotuning (more than one config fails in the
 interpreter). Compaction masks rows whose ``dest``/``index`` is out of range instead of writing out
-of bounds (a host-side check would cost a synchronisation).
+of bounds, and raises the ``errors`` flag (a host-side check would cost a synchronisation).
 """
 from __future__ import annotations
 
@@ -54,8 +58,8 @@ _LAUNCH = dict(num_warps=_NUM_WARPS, enable_fp_fusion=False)
 L2_NORM_FLOOR = 1e-12  # the reference's guard of ||g|| and ||delta|| (rounded to float32 in kernels)
 
 # Storage codecs (the KIND constexpr): how a floating tensor's elements are loaded and stored.
-_F32, _F16, _BF16 = 0, 1, 2
-_KIND = {torch.float32: _F32, torch.float16: _F16, torch.bfloat16: _BF16}
+_F32, _F16, _BF16, _F64 = 0, 1, 2, 3
+_KIND = {torch.float32: _F32, torch.float16: _F16, torch.bfloat16: _BF16, torch.float64: _F64}
 # Integer types of each element size, for raw (bitwise) row copies of any dtype.
 _RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -74,28 +78,16 @@ def _inner_key(t: Tensor) -> tuple:
     return tuple(s for s, n in zip(t.stride()[1:], t.shape[1:]) if n != 1)
 
 
-def _flat(t: Tensor, like: Optional[Tensor] = None, name: str = "tensor") -> Tensor:
-    """A 1-D view of a row-dense tensor's memory (element j of row i at i*D + j).
-
-    The kernels index memory themselves, so each tensor is passed as this view (the interpreter
-    then sees exactly the memory the GPU would). ``like``: the tensor whose layout ``t`` must share.
-    """
-    dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
-        or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
-    if not dense:
-        raise ValueError(f"{name}: rows must be dense blocks (contiguous or channels_last), "
-                         f"got strides {tuple(t.stride())}")
-    if like is not None and (_inner_key(t) != _inner_key(like) or t.shape[1:] != like.shape[1:]):
-        raise ValueError(f"{name}: must have the shape and memory layout of a sample of the batch")
+def _flat(t: Tensor) -> Tensor:
+    """A 1-D view of a row-dense tensor's memory (element j of row i at i*D + j): the kernels index
+    memory themselves, so the interpreter sees exactly the memory the GPU would."""
     return t.as_strided((t.numel(),), (1,), t.storage_offset())
 
 
-def _storage(t: Tensor, name: str) -> tuple[Tensor, int]:
-    """(the tensor as the kernels load it, its codec): bfloat16 travels as its int16 bits."""
-    kind = _KIND.get(t.dtype)
-    if kind is None:
-        raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
-    return (t.view(torch.int16) if kind == _BF16 else t), kind
+def _storage(t: Tensor) -> tuple[Tensor, int]:
+    """(the tensor's flat memory as the kernels load it, its codec): bfloat16 travels as int16 bits."""
+    kind = _KIND[t.dtype]
+    return _flat(t.view(torch.int16) if kind == _BF16 else t), kind
 
 
 def _raw(t: Tensor) -> Tensor:
@@ -104,10 +96,12 @@ def _raw(t: Tensor) -> Tensor:
     return t.view(_RAW[size]) if size in _RAW else t.view(torch.uint8)
 
 
-def _vec(v: Tensor, n: int, dtype: torch.dtype, name: str) -> Tensor:
-    if v.shape != (n,) or v.dtype != dtype:
-        raise ValueError(f"{name}: expected a {dtype} vector of shape [{n}], got {v.dtype} {tuple(v.shape)}")
-    return v.contiguous()
+def _bounds(kind: int, clip_min: float, clip_max: float, device) -> tuple:
+    """(lo, hi, bounds): float64 kernels read the clip bounds from the tensor ``bounds`` (Triton
+    would round Python floats to float32); the others take them as float32 scalars."""
+    if kind == _F64:
+        return 0.0, 0.0, torch.tensor([clip_min, clip_max], dtype=torch.float64, device=device)
+    return float(clip_min), float(clip_max), None
 
 
 def _tile(n: int, d: int, block: int = _BLOCK) -> tuple[int, int]:
@@ -125,12 +119,23 @@ def _grid(n: int, d: int, rows: int, bd: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- device helpers
 @triton.jit
 def _dec(raw, KIND: tl.constexpr):
-    """Storage value -> float32 (exact)."""
+    """Storage value -> compute dtype (exact)."""
     if KIND == 2:  # bfloat16 bits (int16): the high half of a float32
         v = (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    elif KIND == 3:
+        v = raw
     else:
         v = raw.to(tl.float32)
     return v
+
+
+@triton.jit
+def _clip_bounds(lo, hi, bounds_ptr, KIND: tl.constexpr):
+    """The clip bounds in the compute dtype (float64 ones from memory, see :func:`_bounds`)."""
+    if KIND == 3:
+        lo = tl.load(bounds_ptr)
+        hi = tl.load(bounds_ptr + 1)
+    return lo, hi
 
 
 @triton.jit
@@ -143,7 +148,7 @@ def _enc(v, KIND: tl.constexpr):
         out = r.to(tl.uint16).to(tl.int16, bitcast=True)
     elif KIND == 1:
         out = v.to(tl.float16)
-    else:
+    else:  # float32, float64: already the storage dtype
         out = v
     return out
 
@@ -167,8 +172,9 @@ def _linf_value(x, g, xn, e, a, nz, lo, hi, HAS_NOISE: tl.constexpr):
 
 # ----------------------------------------------------------------------------- L∞ step
 @triton.jit
-def _linf_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi,
+def _linf_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi, bounds_ptr,
                  KIND: tl.constexpr, HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    lo, hi = _clip_bounds(lo, hi, bounds_ptr, KIND)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -189,13 +195,9 @@ def _linf_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi,
 def _step_operands(x: Tensor, grad: Tensor, x_nat: Tensor, noise: Optional[Tensor]):
     """Flat storage views of a step's operands (the noise pointer is x's when there is none: the
     kernel never reads it then) and x's storage kind."""
-    xs, kind = _storage(x, "x")
-    gs, _ = _storage(grad, "grad")
-    ns, _ = _storage(x_nat, "x_nat")
-    fx = _flat(xs, name="x")
-    fg, fn = _flat(gs, x, "grad"), _flat(ns, x, "x_nat")
-    fz = _flat(noise, x, "noise") if noise is not None else fx
-    return fx, fg, fn, fz, kind
+    fx, kind = _storage(x)
+    fz = _flat(noise) if noise is not None else fx
+    return fx, _storage(grad)[0], _storage(x_nat)[0], fz, kind
 
 
 def linf_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
@@ -206,52 +208,66 @@ def linf_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor
         return
     d = x.numel() // n
     fx, fg, fn, fz, kind = _step_operands(x, grad, x_nat, noise)
+    lo, hi, bounds = _bounds(kind, clip_min, clip_max, x.device)
     rows, bd = _tile(n, d)
     _linf_kernel[_grid(n, d, rows, bd)](
-        fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),
-        n, d, float(clip_min), float(clip_max),
+        fx, fg, fn, fz, eps, alpha, n, d, lo, hi, bounds if bounds is not None else eps,
         KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
 
 
 # ----------------------------------------------------------------------------- L2 step
+@triton.jit
+def _div(a, b, KIND: tl.constexpr):
+    """a / b rounded as IEEE division: float64 ``/`` is (div.rn.f64); float32 needs div_rn."""
+    if KIND == 3:
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)
+    return q
+
+
 @triton.jit
 def _l2_delta(x_ptr, g_ptr, xn_ptr, nz_ptr, offs, mask, a, gn, KIND: tl.constexpr, HAS_NOISE: tl.constexpr):
     """(delta = x + a*(g/||g||) [+ noise] - xn, xn) for one tile, as the reference rounds it."""
     x = _dec(tl.load(x_ptr + offs, mask=mask, other=0), KIND)
     g = _dec(tl.load(g_ptr + offs, mask=mask, other=0), KIND)
     xn = _dec(tl.load(xn_ptr + offs, mask=mask, other=0), KIND)
-    y = x + a * tl.div_rn(g, gn)
+    y = x + a * _div(g, gn, KIND)
     if HAS_NOISE:
         y = y + tl.load(nz_ptr + offs, mask=mask, other=0.0)
     return tl.where(mask, y - xn, 0.0), xn
 
 
 @triton.jit
-def _l2_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi,
+def _l2_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, N, D, lo, hi, bounds_ptr,
                KIND: tl.constexpr, HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     # One program owns ROWS whole rows and makes three passes over them: ||g||, ||delta||, write.
+    # Norms: float64 sums of squares, square-rooted and rounded once to the compute dtype.
+    lo, hi = _clip_bounds(lo, hi, bounds_ptr, KIND)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
     base = rows.to(tl.int64)[:, None] * D
-    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    a = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)[:, None]  # in the compute dtype
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float64)
     for start in range(0, D, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = rmask[:, None] & (cols < D)[None, :]
-        g = _dec(tl.load(g_ptr + base + cols[None, :], mask=mask, other=0), KIND)
+        g = _dec(tl.load(g_ptr + base + cols[None, :], mask=mask, other=0), KIND).to(tl.float64)
         acc += g * g
-    gn = tl.sqrt_rn(tl.sum(acc, axis=1))
-    gn = tl.where(gn < 1e-12, 1e-12, gn)[:, None]  # clamp_min(1e-12); NaN propagates
-    a = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)[:, None]
-    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    gn = tl.sqrt(tl.sum(acc, axis=1)).to(a.dtype)  # float64 sqrt is IEEE (sqrt.rn.f64)
+    floor = tl.full([ROWS], 1e-12, a.dtype)  # the floor in the compute dtype (a literal is float32)
+    gn = tl.where(gn < floor, floor, gn)[:, None]  # clamp_min(1e-12); NaN propagates
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float64)
     for start in range(0, D, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = rmask[:, None] & (cols < D)[None, :]
         d, xn = _l2_delta(x_ptr, g_ptr, xn_ptr, nz_ptr, base + cols[None, :], mask, a, gn, KIND, HAS_NOISE)
+        d = d.to(tl.float64)
         acc += d * d
-    dn = tl.sqrt_rn(tl.sum(acc, axis=1))
-    dn = tl.where(dn < 1e-12, 1e-12, dn)
+    dn = tl.sqrt(tl.sum(acc, axis=1)).to(a.dtype)
+    dn = tl.where(dn < floor, floor, dn)
     e = tl.load(eps_ptr + rows, mask=rmask, other=0.0)
-    factor = tl.div_rn(e, dn)
+    factor = _div(e, dn, KIND)
     factor = tl.where(factor > 1.0, 1.0, factor)[:, None]  # clamp(max=1); NaN propagates
     for start in range(0, D, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
@@ -272,17 +288,18 @@ def l2_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
         return
     d = x.numel() // n
     fx, fg, fn, fz, kind = _step_operands(x, grad, x_nat, noise)
+    lo, hi, bounds = _bounds(kind, clip_min, clip_max, x.device)
     rows, bd = _tile(n, d)
     _l2_kernel[(triton.cdiv(n, rows),)](
-        fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),
-        n, d, float(clip_min), float(clip_max),
+        fx, fg, fn, fz, eps, alpha, n, d, lo, hi, bounds if bounds is not None else eps,
         KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
 
 
 # ----------------------------------------------------------------------------- random start
 @triton.jit
-def _start_kernel(out_ptr, xn_ptr, r_ptr, scale_ptr, N, D, lo, hi,
+def _start_kernel(out_ptr, xn_ptr, r_ptr, scale_ptr, N, D, lo, hi, bounds_ptr,
                   KIND: tl.constexpr, UNIFORM: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    lo, hi = _clip_bounds(lo, hi, bounds_ptr, KIND)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -308,15 +325,12 @@ def start_from_noise(x_nat: Tensor, r: Tensor, scale: Tensor, uniform: bool,
     n = x_nat.shape[0]
     if n == 0 or x_nat.numel() == 0:
         return out
-    if r.dtype != torch.float32:
-        raise TypeError(f"r: expected float32, got {r.dtype}")
     d = x_nat.numel() // n
-    xs, kind = _storage(x_nat, "x_nat")
-    os_, _ = _storage(out, "out")
+    xs, kind = _storage(x_nat)
+    lo, hi, bounds = _bounds(kind, clip_min, clip_max, x_nat.device)
     rows, bd = _tile(n, d)
     _start_kernel[_grid(n, d, rows, bd)](
-        _flat(os_, x_nat, "out"), _flat(xs, name="x_nat"), _flat(r, x_nat, "r"),
-        _vec(scale, n, torch.float32, "scale"), n, d, float(clip_min), float(clip_max),
+        _storage(out)[0], xs, _flat(r), scale, n, d, lo, hi, bounds if bounds is not None else scale,
         KIND=kind, UNIFORM=bool(uniform), ROWS=rows, BLOCK_D=bd, **_LAUNCH)
     return out
 
@@ -329,7 +343,10 @@ def _early_stop_kernel(logits_ptr, y_ptr, budget_ptr, kappa_ptr, leave_ptr, M, C
     rmask = rows < M
     base = rows.to(tl.int64)[:, None] * C
     # Running argmax with torch's rules: the first index of the maximum; the first NaN wins.
-    best = tl.full([ROWS], float("-inf"), tl.float32)
+    if KIND == 3:
+        best = tl.full([ROWS], float("-inf"), tl.float64)
+    else:
+        best = tl.full([ROWS], float("-inf"), tl.float32)
     best_idx = tl.zeros([ROWS], dtype=tl.int32)
     found_nan = tl.zeros([ROWS], dtype=tl.int32)
     for start in range(0, C, BLOCK_C):
@@ -364,21 +381,11 @@ def early_stop_update(logits: Tensor, y: Tensor, budget: Tensor, kappa: Tensor) 
     leave = torch.zeros(m, dtype=torch.uint8, device=logits.device)
     if m == 0:
         return leave.view(torch.bool)
-    if logits.dim() != 2 or not logits.is_contiguous():
-        raise ValueError(f"logits: expected a contiguous [M, C] tensor, got {tuple(logits.shape)}")
     c = logits.shape[1]
-    if c == 0:
-        raise ValueError("logits: needs at least one class")
-    if y.dtype not in (torch.int32, torch.int64) or y.shape != (m,):
-        raise ValueError(f"y: expected an int64/int32 vector of shape [{m}], got {y.dtype} {tuple(y.shape)}")
-    if not (budget.is_contiguous() and kappa.is_contiguous()):
-        raise ValueError("budget, kappa: must be contiguous (they are updated in place)")
-    _vec(budget, m, torch.int64, "budget")
-    _vec(kappa, m, torch.int64, "kappa")
-    ls, kind = _storage(logits, "logits")
+    ls, kind = _storage(logits)
     rows, bc = _tile(m, c)
     _early_stop_kernel[(triton.cdiv(m, rows),)](
-        ls, y.contiguous(), budget, kappa, leave, m, c, KIND=kind, ROWS=rows, BLOCK_C=bc, **_LAUNCH)
+        ls, y, budget, kappa, leave, m, c, KIND=kind, ROWS=rows, BLOCK_C=bc, **_LAUNCH)
     return leave.view(torch.bool)
 
 
@@ -414,7 +421,13 @@ def compaction_plan(leave: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @triton.jit
-def _compact_kernel(src_ptr, dest_ptr, index_ptr, out_ptr, packed_ptr, M, D, P, R,
+def _flag(err_ptr, bad):
+    """errors[0] = 1 where ``bad`` (a compaction row whose plan is out of range)."""
+    tl.store(err_ptr + tl.zeros_like(bad.to(tl.int32)), tl.full(bad.shape, 1, tl.int32), mask=bad)
+
+
+@triton.jit
+def _compact_kernel(src_ptr, dest_ptr, index_ptr, out_ptr, packed_ptr, err_ptr, M, D, P, R,
                     HAS_OUT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -422,47 +435,49 @@ def _compact_kernel(src_ptr, dest_ptr, index_ptr, out_ptr, packed_ptr, M, D, P, 
     cmask = (cols < D)[None, :]
     dest = tl.load(dest_ptr + rows, mask=rmask, other=-1)
     stay = rmask & (dest >= 0) & (dest < P)  # an out-of-range plan is never written out of bounds
+    bad = rmask & ((dest < -1) | (dest >= P))
     v = tl.load(src_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=rmask[:, None] & cmask)
     to = tl.where(stay, dest, 0)
     tl.store(packed_ptr + to[:, None] * D + cols[None, :], v, mask=stay[:, None] & cmask)
     if HAS_OUT:
         index = tl.load(index_ptr + rows, mask=rmask, other=-1)
-        go = rmask & (dest < 0) & (index >= 0) & (index < R)
+        leaving = rmask & (dest == -1)
+        go = leaving & (index >= 0) & (index < R)
+        bad = bad | (leaving & ~go)
         to = tl.where(go, index, 0)
         tl.store(out_ptr + to[:, None] * D + cols[None, :], v, mask=go[:, None] & cmask)
+    _flag(err_ptr, bad)
 
 
-def compact_rows(src: Tensor, dest: Tensor, index: Optional[Tensor], out: Optional[Tensor],
-                 packed: Tensor) -> None:
-    """packed[dest[i]] = src[i] where dest[i] >= 0; out[index[i]] = src[i] where dest[i] < 0.
+def compact_rows(src: Tensor, dest: Tensor, index: Optional[Tensor], leavers: Optional[Tensor],
+                 packed: Tensor, errors: Tensor) -> None:
+    """packed[dest[i]] = src[i] where dest[i] >= 0; leavers[index[i]] = src[i] where dest[i] == -1.
 
-    ``src`` of any dtype and rank >= 1; rows are copied bit for bit. ``out``/``index`` may be None.
+    ``src`` of any dtype and rank >= 1; rows are copied bit for bit. ``leavers``/``index`` may be
+    None. Rows whose dest/index is out of range are not written; they set ``errors[0] = 1``.
     """
     m = src.shape[0]
     if m == 0 or src.numel() == 0:
         return
-    if (index is None) != (out is None):
-        raise ValueError("index and out must be given together")
-    if packed.dtype != src.dtype or (out is not None and out.dtype != src.dtype):
-        raise ValueError("packed and out must have src's dtype")
-    s = _raw(_flat(src, name="src"))
+    s = _raw(_flat(src))
     d = s.numel() // m
-    p = _raw(_flat(packed, src, "packed")) if packed.numel() else s  # 0 rows: never written
+    p = _raw(_flat(packed)) if packed.numel() else s  # 0 rows: never written
     o, ix, r = s, dest, 0
-    if out is not None:
-        o = _raw(_flat(out, src, "out")) if out.numel() else s
-        ix, r = _vec(index, m, torch.int64, "index"), out.shape[0]
+    if leavers is not None:
+        o = _raw(_flat(leavers)) if leavers.numel() else s
+        ix, r = index, leavers.shape[0]
     rows, bd = _tile(m, d)
     _compact_kernel[_grid(m, d, rows, bd)](
-        s, _vec(dest, m, torch.int64, "dest"), ix, o, p, m, d, packed.shape[0], r,
-        HAS_OUT=out is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
+        s, dest, ix, o, p, errors, m, d, packed.shape[0], r,
+        HAS_OUT=leavers is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
 
 
 @triton.jit
 def _linf_compact_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, dest_ptr, index_ptr,
-                         out_ptr, x_next_ptr, xn_next_ptr, N, D, P, R, lo, hi,
+                         out_ptr, x_next_ptr, xn_next_ptr, err_ptr, N, D, P, R, lo, hi, bounds_ptr,
                          KIND: tl.constexpr, HAS_NOISE: tl.constexpr, ROWS: tl.constexpr,
                          BLOCK_D: tl.constexpr):
+    lo, hi = _clip_bounds(lo, hi, bounds_ptr, KIND)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -472,7 +487,8 @@ def _linf_compact_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, dest_
     dest = tl.load(dest_ptr + rows, mask=rmask, other=-1)
     index = tl.load(index_ptr + rows, mask=rmask, other=-1)
     stay = rmask & (dest >= 0) & (dest < P)
-    go = rmask & (dest < 0) & (index >= 0) & (index < R)
+    go = rmask & (dest == -1) & (index >= 0) & (index < R)
+    _flag(err_ptr, rmask & ~stay & ~go)
     e = tl.load(eps_ptr + rows, mask=rmask, other=0.0)[:, None]
     a = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)[:, None]
     x_raw = tl.load(x_ptr + offs, mask=mask, other=0)
@@ -491,31 +507,21 @@ def _linf_compact_kernel(x_ptr, g_ptr, xn_ptr, nz_ptr, eps_ptr, alpha_ptr, dest_
 
 
 def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
-                      noise: Optional[Tensor], dest: Tensor, index: Tensor, out: Tensor,
-                      x_next: Tensor, x_nat_next: Tensor, clip_min: float, clip_max: float) -> None:
-    """One kernel: leavers (dest < 0): out[index[i]] = x[i]; the others:
-    x_next[dest[i]] = linf_step(x[i]), x_nat_next[dest[i]] = x_nat[i]. ``x`` is not modified."""
+                      noise: Optional[Tensor], dest: Tensor, index: Tensor, leavers: Tensor,
+                      x_next: Tensor, x_nat_next: Tensor, errors: Tensor, clip_min: float, clip_max: float) -> None:
+    """One kernel: leavers (dest == -1): leavers[index[i]] = x[i]; the others:
+    x_next[dest[i]] = linf_step(x[i]), x_nat_next[dest[i]] = x_nat[i]. ``x`` is not modified;
+    out-of-range rows are not written and set ``errors``."""
     n = x.shape[0]
     if n == 0 or x.numel() == 0:
         return
     d = x.numel() // n
-    xs, kind = _storage(x, "x")
-    fx = _flat(xs, name="x")
-    fg = _flat(_storage(grad, "grad")[0], x, "grad")
-    fn = _flat(_storage(x_nat, "x_nat")[0], x, "x_nat")
-    fz = _flat(noise, x, "noise") if noise is not None else fx
-    for t, name in ((out, "out"), (x_next, "x_next"), (x_nat_next, "x_nat_next")):
-        if t.dtype != x.dtype:
-            raise ValueError(f"{name}: expected {x.dtype}, got {t.dtype}")
-    if x_next.shape[0] != x_nat_next.shape[0]:
-        raise ValueError("x_next and x_nat_next must have the same number of rows")
+    fx, fg, fn, fz, kind = _step_operands(x, grad, x_nat, noise)
     # Tensors with no rows are never written (every row fails the range test): pass x instead.
-    fo = _flat(_storage(out, "out")[0], x, "out") if out.numel() else fx
-    fxn = _flat(_storage(x_next, "x_next")[0], x, "x_next") if x_next.numel() else fx
-    fnn = _flat(_storage(x_nat_next, "x_nat_next")[0], x, "x_nat_next") if x_nat_next.numel() else fx
+    fo, fxn, fnn = (_storage(t)[0] if t.numel() else fx for t in (leavers, x_next, x_nat_next))
+    lo, hi, bounds = _bounds(kind, clip_min, clip_max, x.device)
     rows, bd = _tile(n, d)
     _linf_compact_kernel[_grid(n, d, rows, bd)](
-        fx, fg, fn, fz, _vec(eps, n, torch.float32, "eps"), _vec(alpha, n, torch.float32, "alpha"),
-        _vec(dest, n, torch.int64, "dest"), _vec(index, n, torch.int64, "index"), fo, fxn, fnn,
-        n, d, x_next.shape[0], out.shape[0], float(clip_min), float(clip_max),
+        fx, fg, fn, fz, eps, alpha, dest, index, fo, fxn, fnn, errors,
+        n, d, x_next.shape[0], leavers.shape[0], lo, hi, bounds if bounds is not None else eps,
         KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
