@@ -42,14 +42,18 @@ def cxx_flags(with_cuda: bool) -> list[str]:
 
 
 def nvcc_flags() -> list[str]:
-    return list(_NVCC_FLAGS)
+    """``FASTADV_PTXAS_VERBOSE=1`` adds ptxas' per-kernel report (registers, spills, stack frame),
+    which CI's CUDA leg reads."""
+    verbose = ["-Xptxas", "-v"] if os.environ.get("FASTADV_PTXAS_VERBOSE") == "1" else []
+    return list(_NVCC_FLAGS) + verbose
 
 
 def _toolkit_of_nvcc(nvcc: str) -> Optional[Path]:
     """The toolkit an ``nvcc`` on PATH belongs to, also when it is a wrapper script: nvcc's own
     dry run names the folder it really runs from (``_HERE_``)."""
     try:
-        out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True,
+                             timeout=30)
         here = re.search(r"^#\$ _HERE_=(.+)$", out.stdout + out.stderr, re.M)
     except (OSError, subprocess.SubprocessError):
         here = None

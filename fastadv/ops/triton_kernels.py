@@ -31,7 +31,8 @@ and compaction; the L2 step to rounding):
   ``tl.div_rn`` (``/`` may be approximate on the GPU), float64 ones ``/`` (``div.rn.f64``).
 
 Launch shapes: each program handles a [ROWS, BLOCK_D] tile with ROWS·BLOCK_D <= ``_BLOCK`` elements
-(8192 in the interpreter, whose cost grows with the number of programs; 4096 on the GPU); rows that
+(8192 in the interpreter, whose cost grows with the number of programs; 4096 on the GPU; half that
+for float64); rows that
 fit in a tile are batched into one program. No autotuning (more than one config fails in the
 interpreter). Compaction masks rows whose ``dest``/``index`` is out of range instead of writing out
 of bounds, and raises the ``errors`` flag (a host-side check would cost a synchronisation).
@@ -102,6 +103,12 @@ def _bounds(kind: int, clip_min: float, clip_max: float, device) -> tuple:
     if kind == _F64:
         return 0.0, 0.0, torch.tensor([clip_min, clip_max], dtype=torch.float64, device=device)
     return float(clip_min), float(clip_max), None
+
+
+def _block(kind: int) -> int:
+    """Elements per tile: half for float64, whose values and offsets take twice the registers (a
+    full tile of short float64 rows spills on sm_90; scripts/triton_aot_check.py checks)."""
+    return _BLOCK // 2 if kind == _F64 else _BLOCK
 
 
 def _tile(n: int, d: int, block: int = _BLOCK) -> tuple[int, int]:
@@ -209,7 +216,7 @@ def linf_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor
     d = x.numel() // n
     fx, fg, fn, fz, kind = _step_operands(x, grad, x_nat, noise)
     lo, hi, bounds = _bounds(kind, clip_min, clip_max, x.device)
-    rows, bd = _tile(n, d)
+    rows, bd = _tile(n, d, _block(kind))
     _linf_kernel[_grid(n, d, rows, bd)](
         fx, fg, fn, fz, eps, alpha, n, d, lo, hi, bounds if bounds is not None else eps,
         KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
@@ -289,7 +296,7 @@ def l2_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
     d = x.numel() // n
     fx, fg, fn, fz, kind = _step_operands(x, grad, x_nat, noise)
     lo, hi, bounds = _bounds(kind, clip_min, clip_max, x.device)
-    rows, bd = _tile(n, d)
+    rows, bd = _tile(n, d, _block(kind))
     _l2_kernel[(triton.cdiv(n, rows),)](
         fx, fg, fn, fz, eps, alpha, n, d, lo, hi, bounds if bounds is not None else eps,
         KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
@@ -328,7 +335,7 @@ def start_from_noise(x_nat: Tensor, r: Tensor, scale: Tensor, uniform: bool,
     d = x_nat.numel() // n
     xs, kind = _storage(x_nat)
     lo, hi, bounds = _bounds(kind, clip_min, clip_max, x_nat.device)
-    rows, bd = _tile(n, d)
+    rows, bd = _tile(n, d, _block(kind))
     _start_kernel[_grid(n, d, rows, bd)](
         _storage(out)[0], xs, _flat(r), scale, n, d, lo, hi, bounds if bounds is not None else scale,
         KIND=kind, UNIFORM=bool(uniform), ROWS=rows, BLOCK_D=bd, **_LAUNCH)
@@ -383,7 +390,7 @@ def early_stop_update(logits: Tensor, y: Tensor, budget: Tensor, kappa: Tensor) 
         return leave.view(torch.bool)
     c = logits.shape[1]
     ls, kind = _storage(logits)
-    rows, bc = _tile(m, c)
+    rows, bc = _tile(m, c, _block(kind))
     _early_stop_kernel[(triton.cdiv(m, rows),)](
         ls, y, budget, kappa, leave, m, c, KIND=kind, ROWS=rows, BLOCK_C=bc, **_LAUNCH)
     return leave.view(torch.bool)
@@ -520,7 +527,7 @@ def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha
     # Tensors with no rows are never written (every row fails the range test): pass x instead.
     fo, fxn, fnn = (_storage(t)[0] if t.numel() else fx for t in (leavers, x_next, x_nat_next))
     lo, hi, bounds = _bounds(kind, clip_min, clip_max, x.device)
-    rows, bd = _tile(n, d)
+    rows, bd = _tile(n, d, _block(kind))
     _linf_compact_kernel[_grid(n, d, rows, bd)](
         fx, fg, fn, fz, eps, alpha, dest, index, fo, fxn, fnn, errors,
         n, d, x_next.shape[0], leavers.shape[0], lo, hi, bounds if bounds is not None else eps,

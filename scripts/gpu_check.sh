@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Everything only a GPU can show, in one run of at most 8 minutes on one GPU (an H200 here):
+#
+#   bash scripts/gpu_check.sh                 (OUT=benchmarks/results/gpu by default)
+#
+# Stages, each with its own time limit, each writing its results as soon as it ends (a run cut
+# short still leaves the figures of the stages before):
+#   device    GPU, driver, torch, triton, nvcc versions               -> device.txt
+#   build     the extension against this machine's torch (sm_90 only) -> build.log   (limit 150 s)
+#   tests     tests/test_gpu.py and the op tests on CUDA               -> tests.log   (limit 80 s)
+#   sanitizer compute-sanitizer memcheck over the CUDA op tests        -> sanitizer.log (limit 40 s)
+#   kernels   (a) fused step / linf_step_compact GB/s vs copy          -> kernels.json/.md (limit 35 s)
+#   backends  (d) native vs Triton per op, batch 128 and 4096          -> backends.json/.md (limit 25 s)
+#   attack    (b) PGD-10-τ vs PGD-10, time vs executed-BP ratio        -> attack.json/.md (limit 60 s)
+#   epoch     (c) AT / FAT τ=1 / plain PGD-10 loop, images/s           -> epoch.json/.md (limit 80 s)
+# Then summary.md gathers the tables. GPU_CHECK_STAGES="kernels attack" runs a subset;
+# GPU_CHECK_IMAGES sets the images per epoch measurement (default 12800: s/50k is extrapolated).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+STAGES=${GPU_CHECK_STAGES:-"device build tests sanitizer kernels backends attack epoch"}
+IMAGES=${GPU_CHECK_IMAGES:-12800}
+t_start=$(date +%s)
+status() { echo "$1: $2 ($(( $(date +%s) - t_start )) s)" | tee -a "$OUT/stages.txt"; }
+: >"$OUT/stages.txt"
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+# run STAGE LIMIT LOG CMD...: the command under `timeout`, its output to LOG and the console.
+run() {
+  local stage=$1 limit=$2 log=$3; shift 3
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ]; then status "$stage" "cut at its ${limit} s limit"
+  elif [ "$rc" -ne 0 ]; then status "$stage" "failed (exit $rc)"
+  else status "$stage" "ok"; fi
+}
+
+if want device; then
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+    $PY -c "import torch, platform; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'python', platform.python_version()); print('device', torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
+    $PY -c "import triton; print('triton', triton.__version__)" 2>&1
+    (command -v nvcc >/dev/null && nvcc --version | tail -2) || echo "nvcc: not on PATH"
+    (command -v compute-sanitizer >/dev/null && echo "compute-sanitizer: $(command -v compute-sanitizer)") || echo "compute-sanitizer: not on PATH"
+    nproc
+  } 2>&1 | tee "$OUT/device.txt"
+  status device ok
+fi
+
+if want build; then
+  # This GPU's architecture only (the visible GPU is detected): the fastest build.
+  run build 150 build.log env MAX_JOBS="$(nproc)" $PY -m pip install -v --no-build-isolation --no-deps -e .
+  $PY -c "import fastadv.ops as o, fastadv.ops.native as n; print(n.build_info()); print('cuda backends:', o.available_backends('cuda'))" 2>&1 | tee -a "$OUT/build.log"
+fi
+
+if want tests; then
+  run tests 80 tests.log $PY -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_ops.py \
+    tests/test_ops_safety.py tests/test_native_build.py -k "cuda or gpu or test_gpu"
+fi
+
+if want sanitizer; then
+  if command -v compute-sanitizer >/dev/null; then
+    run sanitizer 40 sanitizer.log compute-sanitizer --tool memcheck --error-exitcode 3 \
+      $PY -m pytest -q -x -p no:cacheprovider tests/test_ops.py tests/test_ops_safety.py -k cuda
+  else
+    echo "compute-sanitizer not found on this machine" | tee "$OUT/sanitizer.log"
+    status sanitizer "skipped: no compute-sanitizer"
+  fi
+fi
+
+for stage in kernels backends attack epoch; do
+  if want $stage; then
+    case $stage in
+      kernels) limit=35 ;; backends) limit=25 ;; attack) limit=60 ;; epoch) limit=80 ;;
+    esac
+    run $stage $limit $stage.log $PY -m benchmarks.gpu_check $stage --out "$OUT" --images "$IMAGES"
+  fi
+done
+
+{
+  echo "# GPU check ($(date -u +%Y-%m-%d))"
+  echo
+  echo '```'
+  cat "$OUT/device.txt" 2>/dev/null
+  echo '```'
+  echo
+  echo "Stages:"
+  echo
+  sed 's/^/- /' "$OUT/stages.txt"
+  echo
+  for stage in kernels backends attack epoch; do
+    [ -f "$OUT/$stage.md" ] && cat "$OUT/$stage.md" && echo
+  done
+  echo "Test summary: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests.log" 2>/dev/null | tail -1)"
+} >"$OUT/summary.md"
+echo "gpu_check: $(( $(date +%s) - t_start )) s; results in $OUT"
