@@ -107,4 +107,17 @@ inline void check_plan(const at::Tensor& dest, const c10::optional<at::Tensor>& 
   check_vec(errors, 1, at::kInt, dev, "errors");
 }
 
+// The arguments of the fused step + compaction: a step's, a plan's, and output rows like x's.
+inline void check_step_compact(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& x_nat,
+                               const at::Tensor& eps, const at::Tensor& alpha, const c10::optional<at::Tensor>& noise,
+                               const at::Tensor& dest, const at::Tensor& index, const at::Tensor& leavers,
+                               const at::Tensor& x_next, const at::Tensor& x_nat_next, const at::Tensor& errors) {
+  check_step(x, grad, x_nat, eps, alpha, noise);
+  check_plan(dest, index, leavers, errors, x.size(0), x.device());
+  check_rows_like(leavers, x, "leavers");
+  check_rows_like(x_next, x, "x_next");
+  check_rows_like(x_nat_next, x, "x_nat_next");
+  TORCH_CHECK(x_next.size(0) == x_nat_next.size(0), "x_next and x_nat_next must have the same number of rows");
+}
+
 }  // namespace fastadv

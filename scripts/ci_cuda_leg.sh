@@ -79,10 +79,14 @@ missing = [f"fastadv::{k} {key}" for k in native._KERNELS.values() for key in ("
 assert not missing, missing
 print(f"{len(native._KERNELS)} kernel ops, each with a CPU and a CUDA kernel")
 PY
-if command -v cuobjdump >/dev/null; then
-  cuobjdump --list-elf fastadv/_C*.so | sed 's/.*\.\(sm_[0-9]*\)\..*/\1/' | sort | uniq -c
-  cuobjdump --list-ptx fastadv/_C*.so | sed 's/.*\.\(sm_[0-9]*\)\..*/PTX \1/' | sort | uniq -c
-fi
+# The library holds machine code for sm_80 and sm_90 and PTX (for newer GPUs).
+CUOBJDUMP="$($PY -c "from fastadv import _build; print(_build.find_cuda_home()[0])")/bin/cuobjdump"
+[ -x "$CUOBJDUMP" ] || CUOBJDUMP="$($PY -c "import os, triton.backends.nvidia as nv; print(os.path.dirname(nv.__file__))")/bin/cuobjdump"
+targets=$("$CUOBJDUMP" --list-elf --list-ptx fastadv/_C*.so | grep -oE '(sm_[0-9]+)\.(cubin|ptx)' | sort -u | tr '\n' ' ')
+echo "device code in fastadv/_C: $targets"
+for t in sm_80.cubin sm_90.cubin sm_90.ptx; do
+  [[ " $targets " == *" $t "* ]] || { echo "cuda leg: no $t in the library"; exit 1; }
+done
 
 stage "Triton kernels compiled for sm_90"
 $PY scripts/triton_aot_check.py --json "$OUT/triton_aot.json" | tail -25

@@ -276,11 +276,15 @@ def test_kernel_ops_guard_memory_against_a_raw_call():
     with pytest.raises(RuntimeError, match="x_nat: must have the memory layout of x"):
         x4 = torch.rand(2, 3, 4, 4)
         native.linf_step(x4, x4.clone(), x4.contiguous(memory_format=torch.channels_last), e, a, None, 0.0, 1.0)
-    with pytest.raises(IndexError, match=r"dest\[1\] = 5 is out of range"):
-        native.compact_rows(x, torch.tensor([0, 5]), None, None, torch.empty(1, 8), errors)
-    with pytest.raises(IndexError, match=r"index\[1\] = 9 is out of range"):
-        native.compact_rows(x, torch.tensor([0, -1]), torch.tensor([0, 9]), torch.empty(2, 8), torch.empty(1, 8),
-                            errors)
+    # Out-of-range plans: the rows are skipped (never written out of bounds) and the flag raised.
+    storage = torch.full((6, 8), -7.0)
+    for dest, index in (([0, 5], None), ([0, -1], [0, 9]), ([0, -2], None)):
+        errors.zero_()
+        leavers = None if index is None else storage[4:6]
+        native.compact_rows(x, torch.tensor(dest), None if index is None else torch.tensor(index), leavers,
+                            storage[1:2], errors)
+        assert errors.item() == 1 and torch.equal(storage[1], x[0])
+        assert bool((storage[0] == -7).all()) and bool((storage[2:4] == -7).all())
     with pytest.raises(RuntimeError, match="y: expected a contiguous int64/int32"):
         native.early_stop_update(torch.rand(2, 3), torch.zeros(2), torch.zeros(2, dtype=torch.long),
                                  torch.zeros(2, dtype=torch.long))

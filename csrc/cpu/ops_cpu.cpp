@@ -296,15 +296,19 @@ std::tuple<at::Tensor, at::Tensor> compaction_plan_cpu(const at::Tensor& leave) 
   return {dest, at::scalar_tensor(next, leave.options().dtype(at::kLong))};
 }
 
-// Raises (before anything is written) on a plan that would write out of bounds: dest[i] >= P
-// packed rows, or a leaver's index[i] outside the R rows of `leavers`.
-void check_plan_values(const int64_t* d, const int64_t* ix, int64_t M, int64_t P, int64_t R) {
-  for (int64_t i = 0; i < M; ++i) {
-    TORCH_CHECK_INDEX(d[i] >= -1 && d[i] < P, "dest[", i, "] = ", d[i], " is out of range for ", P, " packed rows");
-    TORCH_CHECK_INDEX(d[i] >= 0 || !ix || (ix[i] >= 0 && ix[i] < R), "index[", i, "] = ", ix ? ix[i] : 0,
-                      " is out of range for leavers with ", R, " rows");
-  }
+// Where row i goes: packed row dest[i] (0 <= dest < P), leavers row index[i] (dest == -1, with
+// 0 <= index < R), or nowhere (dest == -1 and no `leavers`). A plan out of these bounds is not
+// written: the row is skipped and the error flag raised (fastadv.ops turns it into IndexError),
+// as the CUDA and Triton kernels do.
+enum class Goes { kPacked, kLeavers, kNowhere, kInvalid };
+inline Goes where_row_goes(int64_t i, const int64_t* d, const int64_t* ix, bool has_leavers, int64_t P, int64_t R) {
+  if (d[i] >= 0) return d[i] < P ? Goes::kPacked : Goes::kInvalid;
+  if (d[i] != -1) return Goes::kInvalid;
+  if (!has_leavers) return Goes::kNowhere;
+  return ix[i] >= 0 && ix[i] < R ? Goes::kLeavers : Goes::kInvalid;
 }
+
+inline void raise_flag(int32_t* errors) { __atomic_store_n(errors, 1, __ATOMIC_RELAXED); }
 
 // Row i of src goes to packed[dest[i]] (dest >= 0) or to leavers[index[i]] (a leaver), as raw bytes.
 void compact_rows_cpu(const at::Tensor& src, const at::Tensor& dest, const c10::optional<at::Tensor>& index,
@@ -321,13 +325,16 @@ void compact_rows_cpu(const at::Tensor& src, const at::Tensor& dest, const c10::
   char* o = leavers.has_value() ? static_cast<char*>(leavers->data_ptr()) : nullptr;
   const int64_t* d = dest.data_ptr<int64_t>();
   const int64_t* ix = index.has_value() ? index->data_ptr<int64_t>() : nullptr;
-  check_plan_values(d, ix, M, packed.size(0), leavers.has_value() ? leavers->size(0) : 0);
+  const int64_t P = packed.size(0), R = leavers.has_value() ? leavers->size(0) : 0;
+  int32_t* err = errors.data_ptr<int32_t>();
   at::parallel_for(0, M, std::max<int64_t>(1, kGrain * 4 / std::max<int64_t>(row_bytes, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      if (d[i] >= 0)
-        std::memcpy(pk + d[i] * row_bytes, s + i * row_bytes, row_bytes);
-      else if (o)
-        std::memcpy(o + ix[i] * row_bytes, s + i * row_bytes, row_bytes);
+      switch (where_row_goes(i, d, ix, leavers.has_value(), P, R)) {
+        case Goes::kPacked: std::memcpy(pk + d[i] * row_bytes, s + i * row_bytes, row_bytes); break;
+        case Goes::kLeavers: std::memcpy(o + ix[i] * row_bytes, s + i * row_bytes, row_bytes); break;
+        case Goes::kNowhere: break;
+        case Goes::kInvalid: raise_flag(err); break;
+      }
     }
   });
 }
@@ -335,12 +342,17 @@ void compact_rows_cpu(const at::Tensor& src, const at::Tensor& dest, const c10::
 // ----------------------------------------------------------------------------- fused step + compaction
 template <typename C, bool HasNoise, typename T = typename C::raw, typename A = typename C::compute>
 void linf_compact_rows(const T* x, const T* g, const T* xn, const A* noise, const A* eps, const A* alpha,
-                       const int64_t* dest, const int64_t* index, T* leavers, T* x_next, T* xn_next, int64_t N,
-                       int64_t D, A lo, A hi) {
+                       const int64_t* dest, const int64_t* index, T* leavers, T* x_next, T* xn_next, int32_t* err,
+                       int64_t N, int64_t D, int64_t P, int64_t R, A lo, A hi) {
   at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
     for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
       const int64_t o = n * D, dn = dest[n];
-      if (dn < 0) {  // a leaver keeps the iterate at which it left
+      const Goes goes = where_row_goes(n, dest, index, true, P, R);
+      if (goes == Goes::kInvalid) {
+        raise_flag(err);
+        return;
+      }
+      if (goes == Goes::kLeavers) {  // a leaver keeps the iterate at which it left
         std::memcpy(leavers + index[n] * D + j0, x + o + j0, (j1 - j0) * sizeof(T));
         return;
       }
@@ -359,25 +371,19 @@ void linf_step_compact_cpu(const at::Tensor& x, const at::Tensor& grad, const at
                            const at::Tensor& eps, const at::Tensor& alpha, const c10::optional<at::Tensor>& noise,
                            const at::Tensor& dest, const at::Tensor& index, at::Tensor leavers, at::Tensor x_next,
                            at::Tensor x_nat_next, at::Tensor errors, double clip_min, double clip_max) {
-  check_step(x, grad, x_nat, eps, alpha, noise);
+  check_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, leavers, x_next, x_nat_next, errors);
   const int64_t M = x.size(0);
-  check_plan(dest, index, leavers, errors, M, x.device());
-  check_rows_like(leavers, x, "leavers");
-  check_rows_like(x_next, x, "x_next");
-  check_rows_like(x_nat_next, x, "x_nat_next");
-  TORCH_CHECK(x_next.size(0) == x_nat_next.size(0), "x_next and x_nat_next must have the same number of rows");
   if (x.numel() == 0) return;
   const int64_t* d = dest.data_ptr<int64_t>();
   const int64_t* ix = index.data_ptr<int64_t>();
-  check_plan_values(d, ix, M, x_next.size(0), leavers.size(0));
   dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
     using C = decltype(codec);
     using A = typename C::compute;
     const A* nz = opt_ptr<A>(noise);
     auto run = nz ? linf_compact_rows<C, true> : linf_compact_rows<C, false>;
     run(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), nz, eps.data_ptr<A>(), alpha.data_ptr<A>(), d, ix,
-        raw_ptr<C>(leavers), raw_ptr<C>(x_next), raw_ptr<C>(x_nat_next), M, x.numel() / M,
-        static_cast<A>(clip_min), static_cast<A>(clip_max));
+        raw_ptr<C>(leavers), raw_ptr<C>(x_next), raw_ptr<C>(x_nat_next), errors.data_ptr<int32_t>(), M, x.numel() / M,
+        x_next.size(0), leavers.size(0), static_cast<A>(clip_min), static_cast<A>(clip_max));
   });
 }
 

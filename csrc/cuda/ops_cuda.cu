@@ -438,13 +438,8 @@ void linf_step_compact_cuda(const at::Tensor& x, const at::Tensor& grad, const a
                             const at::Tensor& eps, const at::Tensor& alpha, const c10::optional<at::Tensor>& noise,
                             const at::Tensor& dest, const at::Tensor& index, at::Tensor leavers, at::Tensor x_next,
                             at::Tensor x_nat_next, at::Tensor errors, double clip_min, double clip_max) {
-  check_step(x, grad, x_nat, eps, alpha, noise);
+  check_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, leavers, x_next, x_nat_next, errors);
   const int64_t m = x.size(0);
-  check_plan(dest, index, leavers, errors, m, x.device());
-  check_rows_like(leavers, x, "leavers");
-  check_rows_like(x_next, x, "x_next");
-  check_rows_like(x_nat_next, x, "x_nat_next");
-  TORCH_CHECK(x_next.size(0) == x_nat_next.size(0), "x_next and x_nat_next must have the same number of rows");
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   with_type(x, [&](auto tag) {

@@ -16,9 +16,10 @@ function                           does
 ``eps``/``alpha`` are floats or per-sample tensors of shape [N]. Tensors may be float64, float32,
 float16 or bfloat16 (computed in float64 for float64, else in float32, rounded once), contiguous or
 channels_last, any N including 0. Bad input raises ``TypeError``/``ValueError``/``IndexError``
-naming the argument. Each function takes ``check=True``; ``check=False`` skips the inspection of
-tensor values (per-sample ``eps``/``alpha``, compaction plans), which costs a host
-synchronisation (the attack engine validates once per attack instead).
+naming the argument. Each function takes ``check=True``; ``check=False`` skips what costs a host
+synchronisation on a GPU: the inspection of per-sample ``eps``/``alpha`` tensors, and the
+immediate report of an out-of-range compaction plan (whose rows are never written; the next
+``compaction_plan`` reports it then). The attack engine validates once per attack instead.
 
 Each function is one call of the op ``torch.ops.fastadv.<name>`` (``fastadv.ops.library``), which
 validates, then runs the kernel of the backend picked for the device (``fastadv.ops.dispatch``).
@@ -46,11 +47,23 @@ def _call(name: str, *args):
     return library.EAGER[name](*args)
 
 
+_CONSTANTS: dict = {}  # (value, n, device, dtype) -> the [N] tensor of a float eps/alpha (read-only)
+
+
 def _per_sample(name: str, v, x: Tensor, check: bool):
-    """A float as a validated [N] tensor here (no host read); a tensor is left to the op."""
-    return v if isinstance(v, Tensor) or not isinstance(x, Tensor) else per_sample(
-        name, v, x.shape[0] if x.dim() else 0, x.device, compute_dtype(x) if x.is_floating_point() else torch.float32,
-        check=check)
+    """A float as a validated [N] tensor here (no host read; the same values give the same cached
+    tensor, which no op writes); a tensor is left to the op."""
+    if isinstance(v, Tensor) or not isinstance(x, Tensor):
+        return v
+    key = (v, x.shape[0] if x.dim() else 0, x.device, compute_dtype(x) if x.is_floating_point() else torch.float32)
+    t = _CONSTANTS.get(key) if type(v) is float else None
+    if t is None:
+        t = per_sample(name, v, *key[1:], check=check)
+        if type(v) is float:
+            if len(_CONSTANTS) >= 256:
+                _CONSTANTS.clear()
+            _CONSTANTS[key] = t
+    return t
 
 
 def linf_step_(x: Tensor, grad: Tensor, x_nat: Tensor, eps, alpha, clip_min: float = 0.0,
@@ -84,13 +97,15 @@ def random_start(x_nat: Tensor, eps, kind: Optional[str] = "uniform", sigma: flo
                  generator: Optional[torch.Generator] = None, *, check: bool = True) -> Tensor:
     """A new tensor: ``"uniform"`` clip(x + U(−ε, ε)), ``"normal"`` clip(x + σ·N(0, I)),
     ``None`` a copy of ``x_nat``. Noise is drawn on ``x_nat``'s device (with ``generator`` if given)."""
-    check_batched("x_nat", check_tensor("x_nat", x_nat))
-    clip_min, clip_max = check_clip(clip_min, clip_max)
+    check_batched("x_nat", check_tensor("x_nat", x_nat))  # the op checks the rest (clip bounds too)
     if kind not in RANDOM_START_KINDS:
         raise ValueError(f"kind must be 'uniform', 'normal' or None, got {kind!r}")
     n, dt = x_nat.shape[0], compute_dtype(x_nat)
-    e = per_sample("eps", eps, n, x_nat.device, dt, check=check)
+    e = _per_sample("eps", eps, x_nat, check)  # a float: validated (and cached) here
+    if isinstance(e, Tensor):
+        e = per_sample("eps", e, n, x_nat.device, dt, check=check)
     if kind is None:
+        check_clip(clip_min, clip_max)
         return x_nat.clone()
     if generator is not None and generator.device != x_nat.device:
         raise ValueError(f"generator is on {generator.device} but x_nat is on {x_nat.device}")
@@ -99,7 +114,8 @@ def random_start(x_nat: Tensor, eps, kind: Optional[str] = "uniform", sigma: flo
         r.uniform_(0.0, 1.0, generator=generator)
         scale = e
     else:
-        scale = per_sample("sigma", sigma, n, x_nat.device, dt, check=check)
+        scale = _per_sample("sigma", sigma, x_nat, check)
+        scale = per_sample("sigma", scale, n, x_nat.device, dt, check=check) if isinstance(sigma, Tensor) else scale
         r.normal_(0.0, 1.0, generator=generator)
     return _call("start_from_noise", x_nat, r, scale, kind == "uniform", clip_min, clip_max, False)
 

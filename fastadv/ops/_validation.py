@@ -70,6 +70,8 @@ def per_sample(name: str, v, n: int, device: torch.device, dtype: torch.dtype = 
     finite and >= 0. With ``check=False`` a tensor's values are not inspected (a host sync)."""
     if not isinstance(v, Tensor):
         return torch.full((n,), check_number(name, v), dtype=dtype, device=device)
+    if not check and v.dtype == dtype and v.shape == (n,) and v.device == device and v.is_contiguous():
+        return v  # already what the kernels take (the common case: nothing to convert)
     if v.dim() == 0:
         v = v.expand(n)
     if v.shape != (n,):
@@ -179,21 +181,3 @@ def check_plan(src: Tensor, dest, n_active, index, leavers, *, index_required: b
     if leavers.device != src.device or leavers.dtype != src.dtype:
         raise ValueError(f"leavers is {leavers.dtype} on {leavers.device} but the rows are {src.dtype} on {src.device}")
     return n_active
-
-
-def check_plan_values(dest: Tensor, n_active: int, index: Optional[Tensor], leavers: Optional[Tensor]) -> None:
-    """The values of a plan (one host read): ``dest`` in [-1, n_active), and each leaver's ``index``
-    in [0, rows of leavers). A plan outside these would write out of bounds."""
-    if dest.numel() == 0:
-        return
-    stats = [dest.min(), dest.max()]
-    leaving = dest < 0
-    if leavers is not None:
-        bad_index = leaving & ((index < 0) | (index >= leavers.shape[0]))
-        stats.append(bad_index.any())
-    values = torch.stack([s.to(torch.int64) for s in stats]).tolist()
-    if values[0] < -1 or values[1] >= n_active:
-        raise IndexError(f"dest must be in [-1, {n_active}) (n_active = {n_active}), "
-                         f"got values in [{values[0]}, {values[1]}]")
-    if leavers is not None and values[2]:
-        raise IndexError(f"index of a leaving row is out of range for leavers with {leavers.shape[0]} rows")

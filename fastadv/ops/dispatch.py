@@ -68,18 +68,28 @@ def is_reference(backend: ModuleType) -> bool:
 
 
 def forced_backend() -> str | None:
-    name = os.environ.get("FASTADV_BACKEND", "").strip().lower()
+    name = os.environ.get("FASTADV_BACKEND")
     if not name:
         return None
+    name = name.strip().lower()
     if name not in BACKEND_NAMES:
         raise ValueError(f"FASTADV_BACKEND must be one of {', '.join(BACKEND_NAMES)}, got {name!r}")
     return name
 
 
+_chosen: dict = {}  # (device type, forced name) -> module: every op call asks, so remember
+
+
 def get_backend(device, name: str | None = None) -> ModuleType:
     """The backend module for ``device``: ``name`` if given, else ``$FASTADV_BACKEND``, else the fastest."""
-    name = name or forced_backend()
-    device = torch.device(device)
+    key = (device.type if isinstance(device, torch.device) else str(device), name or os.environ.get("FASTADV_BACKEND"))
+    mod = _chosen.get(key)
+    if mod is None:
+        mod = _chosen[key] = _pick(torch.device(device), name or forced_backend())
+    return mod
+
+
+def _pick(device: torch.device, name: str | None) -> ModuleType:
     if name is not None:
         mod = _module(name)
         if mod is None or not mod.supports(device):

@@ -11,10 +11,10 @@ Memory layout: the native and Triton kernels see every sample as one dense block
 from ``x``'s, are copied into ``x``'s layout first; the reference backend takes anything. Inputs
 that partially overlap the tensor an op writes are copied first (:func:`unaliased`).
 
-Invalid compaction plans: with ``check=True`` the plan's values are checked before any kernel runs
-(one host read). With ``check=False`` no backend writes out of bounds: the CPU kernels raise at
-once; on CUDA the bad rows are skipped and a device-side flag is raised, which the next
-``fastadv.ops.compaction_plan`` reads together with its count and raises on.
+Invalid compaction plans: no backend writes out of bounds. A row whose ``dest``/``index`` is out of
+range is skipped and a flag on the device is raised; the op raises IndexError on it at once on the
+CPU and, on CUDA, with ``check=True`` (one host read); with ``check=False`` (what the attacks pass)
+the next ``fastadv.ops.compaction_plan`` reads the flag together with its count and raises.
 """
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def _layout_key(t: Tensor) -> tuple:
 
 
 def _to_layout(t: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
-    """``t`` in ``like``'s (row-dense) layout, copied only if needed."""
-    if t is None or t.dim() == 0 or _layout_key(t) == _layout_key(like):
+    """``t`` (shaped like ``like``) in ``like``'s row-dense layout, copied only if needed."""
+    if t is None or t.stride() == like.stride() or t.dim() == 0 or _layout_key(t) == _layout_key(like):
         return t
     fmt = memory_format_of(like)
     return t.contiguous(memory_format=torch.contiguous_format if fmt is torch.preserve_format else fmt)
@@ -122,13 +122,14 @@ def error_flag(device: torch.device) -> Tensor:
 def raise_if_flagged(device: torch.device, flagged: bool) -> None:
     if flagged:
         error_flag(device).zero_()
-        raise IndexError("a compaction plan (dest/index) was out of range: the rows concerned were not "
-                         "written; pass plans made by fastadv.ops.compaction_plan, or check=True")
+        raise IndexError("compaction plan out of range: dest must be in [-1, n_active) and each leaving "
+                         "row's index in [0, rows of leavers); those rows were not written")
 
 
-def _after_compaction(device: torch.device) -> None:
-    # On the CPU reading the flag is free: raise at once. Elsewhere compaction_plan reads it.
-    if device.type == "cpu":
+def _after_compaction(device: torch.device, check: bool) -> None:
+    # On the CPU reading the flag is free: raise at once. On CUDA only when asked (a host read);
+    # otherwise compaction_plan reads it with its count.
+    if device.type == "cpu" or check:
         raise_if_flagged(device, bool(error_flag(device)))
 
 
@@ -243,8 +244,6 @@ def compact_rows(src: Tensor, dest: Tensor, n_active: int, index: Optional[Tenso
     ``leavers[index[i]] = src[i]`` for the leaving ones (``dest[i] == -1``)."""
     v.check_batched("src", v.check_tensor("src", src, float_only=False))
     n_active = v.check_plan(src, dest, n_active, index, leavers, index_required=False)
-    if check:
-        v.check_plan_values(dest, n_active, index, leavers)
     be = dispatch.get_backend(src.device)
     src = unaliased(leavers, src) if leavers is not None else src
     if dispatch.is_reference(be):
@@ -259,7 +258,7 @@ def compact_rows(src: Tensor, dest: Tensor, n_active: int, index: Optional[Tenso
                             error_flag(src.device))
         if work is not leavers:
             leavers.copy_(work)
-    _after_compaction(src.device)
+    _after_compaction(src.device, check)
     return packed
 
 
@@ -277,8 +276,6 @@ def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha
     eps, alpha, noise, clip_min, clip_max = v.step_inputs(x, grad, x_nat, eps, alpha, noise, clip_min,
                                                           clip_max, check)
     n_active = v.check_plan(x, dest, n_active, index, leavers, index_required=True)
-    if check:
-        v.check_plan_values(dest, n_active, index, leavers)
     x, grad, x_nat, noise = (unaliased(leavers, t) for t in (x, grad, x_nat, noise))
     be = dispatch.get_backend(x.device)
     if dispatch.is_reference(be):
@@ -295,7 +292,7 @@ def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha
                                  x_next, x_nat_next, error_flag(x.device), clip_min, clip_max)
         if work is not leavers:
             leavers.copy_(work)
-    _after_compaction(x.device)
+    _after_compaction(x.device, check)
     return x_next, x_nat_next
 
 
