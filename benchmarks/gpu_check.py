@@ -71,7 +71,7 @@ def _wall(fn) -> float:
 
 def sync() -> None:
     if DEV == "cuda":
-        sync()
+        torch.cuda.synchronize()
 
 
 def autocast():
@@ -355,7 +355,8 @@ def main(argv=None) -> None:
         SIZES.update(SMOKE)
     elif DEV != "cuda" or not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device (use --smoke --device cpu to check the script)")
-    torch.backends.cudnn.benchmark = True
+    # cudnn.benchmark stays off: compaction gives every check a new batch size, and re-tuning the
+    # convolutions for each would land inside the timed attacks and epochs.
     out = Path(args.out)
     {"kernels": lambda: stage_kernels(out, args.iters), "attack": lambda: stage_attack(out, args.iters),
      "epoch": lambda: stage_epoch(out, args.images), "backends": lambda: stage_backends(out, args.iters)}[args.stage]()

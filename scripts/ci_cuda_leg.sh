@@ -19,6 +19,7 @@ VENV=${VENV:-$ROOT/.venv-cuda}
 TORCH_CUDA_SPEC=${TORCH_CUDA_SPEC:-torch==2.14.1}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: the build runs in a copy of the tree
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 stage() { echo "== cuda leg: $* ($(date +%T))"; }
 
@@ -82,7 +83,8 @@ PY
 # The library holds machine code for sm_80 and sm_90 and PTX (for newer GPUs).
 CUOBJDUMP="$($PY -c "from fastadv import _build; print(_build.find_cuda_home()[0])")/bin/cuobjdump"
 [ -x "$CUOBJDUMP" ] || CUOBJDUMP="$($PY -c "import os, triton.backends.nvidia as nv; print(os.path.dirname(nv.__file__))")/bin/cuobjdump"
-targets=$("$CUOBJDUMP" --list-elf --list-ptx fastadv/_C*.so | grep -oE '(sm_[0-9]+)\.(cubin|ptx)' | sort -u | tr '\n' ' ')
+targets=$("$CUOBJDUMP" --list-elf --list-ptx fastadv/_C*.so | grep -oE '(sm_[0-9]+)\.(cubin|ptx)' | sort -u | tr '\n' ' ') \
+  || { echo "cuda leg: cuobjdump ($CUOBJDUMP) could not list the device code"; exit 1; }
 echo "device code in fastadv/_C: $targets"
 for t in sm_80.cubin sm_90.cubin sm_90.ptx; do
   [[ " $targets " == *" $t "* ]] || { echo "cuda leg: no $t in the library"; exit 1; }

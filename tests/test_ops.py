@@ -405,6 +405,9 @@ def test_opcheck_every_op():
         (torch.ops.fastadv.linf_step_compact.default,
          (x, grad, x_nat, e, a, dest, 2, torch.arange(3), torch.zeros_like(x), None, 0.0, 1.0)),
     ]
+    x_cl = x_nat.contiguous(memory_format=torch.channels_last)  # x contiguous, x_nat channels_last
+    cases.append((torch.ops.fastadv.linf_step_compact.default,
+                  (x, grad, x_cl, e, a, dest, 2, torch.arange(3), torch.zeros_like(x), None, 0.0, 1.0)))
     for channels_last in (False, True):  # the fakes' outputs have the real ops' strides
         for op, args in cases:
             if channels_last:

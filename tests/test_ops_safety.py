@@ -65,6 +65,16 @@ def test_an_invalid_plan_raises_and_never_writes_out_of_bounds(backend, dest, in
     assert torch.equal(packed, src[[0, 2]])
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True, ids=lambda v: "-".join(v))
+def test_an_invalid_plan_for_rows_of_no_elements_raises_too(backend):
+    device, _ = backend
+    src = torch.empty(3, 0, device=device)
+    with pytest.raises(IndexError, match="out of range"):
+        ops.compact_rows(src, torch.tensor([0, 7, -1], device=device), 1)
+        if device != "cpu":
+            ops.compaction_plan(torch.zeros(3, dtype=torch.bool, device=device))
+
+
 # ----------------------------------------------------------------------------- aliasing
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True, ids=lambda v: "-".join(v))
 @pytest.mark.parametrize("op", ["linf", "l2"])
@@ -100,6 +110,20 @@ def test_compaction_source_overlapping_leavers_is_read_before_written(backend):
     packed = ops.compact_rows(src, dest, 2, torch.tensor([1, 0, 2, 3], device=device), leavers)
     assert torch.equal(packed, want_src[[1, 3]])
     assert torch.equal(buf[1], want_src[0]) and torch.equal(buf[2], want_src[2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True, ids=lambda v: "-".join(v))
+def test_compaction_into_its_own_source_reads_every_row_first(backend):
+    # leavers is src itself (the same view): the scatter writes rows it has yet to read.
+    device, _ = backend
+    b = torch.arange(6.0, device=device).reshape(3, 2)
+    ops.compact_rows(b, torch.full((3,), -1, device=device), 0, torch.tensor([1, 2, 0], device=device), b)
+    assert b.tolist() == [[4.0, 5.0], [0.0, 1.0], [2.0, 3.0]]
+    x = torch.arange(6.0, device=device).reshape(3, 2) / 10
+    want = x.clone()
+    ops.linf_step_compact(x, x.clone(), x.clone(), 0.0, 0.0, torch.full((3,), -1, device=device), 0,
+                          torch.tensor([2, 0, 1], device=device), x)
+    assert torch.equal(x, want[[1, 2, 0]])
 
 
 # ----------------------------------------------------------------------------- float64
@@ -168,6 +192,8 @@ def _raw_calls(device):
             z.view(4, 1), z.view(4, 1), z.view(4, 1), e, e, None, 0.0, 1.0)),
         "dest out of range": (IndexError, "dest", lambda: torch.ops.fastadv.compact_rows(
             x, torch.tensor([0, 1, 2, 3], device=device), 2, None, None)),
+        "index without leavers": (ValueError, "index is given without leavers", lambda: torch.ops.fastadv.compact_rows(
+            x, torch.tensor([0, 1, -1, -1], device=device), 2, torch.arange(4, device=device), None)),
     }
 
 

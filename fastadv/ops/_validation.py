@@ -170,6 +170,8 @@ def check_plan(src: Tensor, dest, n_active, index, leavers, *, index_required: b
     if leavers is None:
         if index_required:
             raise ValueError("leavers is required (the leaving rows are written to leavers[index])")
+        if index is not None:
+            raise ValueError("index is given without leavers (index says where in leavers the leaving rows go)")
         return n_active
     check_tensor("leavers", leavers, float_only=False)
     if index is None:

@@ -89,10 +89,12 @@ def _byte_span(t: Tensor) -> tuple[int, int]:
     return first, first + extent * size
 
 
-def unaliased(written: Tensor, t: Optional[Tensor]) -> Optional[Tensor]:
-    """``t``, or a copy of it when it partially overlaps ``written`` in memory (an op reads all of
-    its inputs before it writes, in the reference: a kernel that writes while it reads must not see
-    rows it already wrote). The very same view (same start, shape and strides) needs no copy."""
+def unaliased(written: Tensor, t: Optional[Tensor], same_view_ok: bool = True) -> Optional[Tensor]:
+    """``t``, or a copy of it when it overlaps ``written`` in memory (an op reads all of its inputs
+    before it writes, in the reference: a kernel that writes while it reads must not see rows it
+    already wrote). The very same view (same start, shape and strides) needs no copy for an
+    element-wise op (``same_view_ok``), which reads each element before writing it; a scatter
+    (compaction) writes rows it has yet to read, so it passes ``same_view_ok=False``."""
     if t is None or t.numel() == 0 or written.numel() == 0:
         return t
     if t.untyped_storage().data_ptr() != written.untyped_storage().data_ptr():
@@ -101,8 +103,8 @@ def unaliased(written: Tensor, t: Optional[Tensor]) -> Optional[Tensor]:
     b0, b1 = _byte_span(written)
     if a1 <= b0 or b1 <= a0:
         return t
-    if (t.data_ptr() == written.data_ptr() and t.shape == written.shape and t.stride() == written.stride()
-            and t.dtype == written.dtype):
+    if (same_view_ok and t.data_ptr() == written.data_ptr() and t.shape == written.shape
+            and t.stride() == written.stride() and t.dtype == written.dtype):
         return t
     return t.clone()
 
@@ -244,8 +246,10 @@ def compact_rows(src: Tensor, dest: Tensor, n_active: int, index: Optional[Tenso
     ``leavers[index[i]] = src[i]`` for the leaving ones (``dest[i] == -1``)."""
     v.check_batched("src", v.check_tensor("src", src, float_only=False))
     n_active = v.check_plan(src, dest, n_active, index, leavers, index_required=False)
+    src = unaliased(leavers, src, same_view_ok=False) if leavers is not None else src
     be = dispatch.get_backend(src.device)
-    src = unaliased(leavers, src) if leavers is not None else src
+    if src.numel() == 0 and src.shape[0]:  # rows of no elements: nothing moves, but the plan is checked
+        be = dispatch.get_backend(src.device, "reference")
     if dispatch.is_reference(be):
         packed = empty_rows(n_active, src)
         be.compact_rows(src, dest, index, leavers, packed, error_flag(src.device))
@@ -276,10 +280,12 @@ def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha
     eps, alpha, noise, clip_min, clip_max = v.step_inputs(x, grad, x_nat, eps, alpha, noise, clip_min,
                                                           clip_max, check)
     n_active = v.check_plan(x, dest, n_active, index, leavers, index_required=True)
-    x, grad, x_nat, noise = (unaliased(leavers, t) for t in (x, grad, x_nat, noise))
+    x, grad, x_nat, noise = (unaliased(leavers, t, same_view_ok=False) for t in (x, grad, x_nat, noise))
     be = dispatch.get_backend(x.device)
+    if x.numel() == 0 and x.shape[0]:  # rows of no elements: nothing moves, but the plan is checked
+        be = dispatch.get_backend(x.device, "reference")
     if dispatch.is_reference(be):
-        x_next, x_nat_next = empty_rows(n_active, x), empty_rows(n_active, x_nat)
+        x_next, x_nat_next = empty_rows(n_active, x), empty_rows(n_active, x)
         if x.shape[0]:
             be.linf_step_compact(x, grad, x_nat, eps, alpha, noise, dest, index, leavers, x_next, x_nat_next,
                                  error_flag(x.device), clip_min, clip_max)
@@ -299,4 +305,4 @@ def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha
 @linf_step_compact.register_fake
 def _(x, grad, x_nat, eps, alpha, dest, n_active, index, leavers, noise=None, clip_min=0.0, clip_max=1.0,
       check=True):
-    return empty_rows(n_active, x), empty_rows(n_active, x_nat)
+    return empty_rows(n_active, x), empty_rows(n_active, x)  # both in x's layout
