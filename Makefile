@@ -13,6 +13,9 @@ setup:
 	# never a freshly downloaded one; so the build tools must be here first.
 	$(PIP) install -q setuptools wheel ninja pybind11
 	$(PIP) install -q --no-build-isolation -e ".[test]"
+	# torchattacks: the benchmarks' baseline. --no-deps: its torchvision requirement would pull in a
+	# torch of its own choosing; what it imports (numpy, scipy, tqdm) the test extras already bring.
+	$(PIP) install -q --no-deps "torchattacks==3.5.1"
 
 demo: setup
 	$(PY) -m fastadv train --method fat --tau 1

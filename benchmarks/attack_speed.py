@@ -6,8 +6,8 @@
 Times, with ``time.perf_counter`` (warm-up, then the median of ``--repeats`` runs, the cases
 interleaved round-robin so that a noisy machine slows them alike; CUDA synchronised inside the timed
 region): PGD-10; FAT's early-stopped PGD-10-τ for τ = 0 and 1, compacted and masked
-(``compact=False``); and the port of the official per-sample loop (``benchmarks/official_loop.py``)
-for the same τ. For each early-stopped case it prints
+(``compact=False``); the port of the official per-sample loop (``benchmarks/official_loop.py``)
+for the same τ; and torchattacks' PGD-10 (when installed: the baseline users would pick). For each early-stopped case it prints
 
 - ``time ratio``  = t(case) / t(PGD-10),
 - ``bp_exec ratio`` = bp_executed(case) / bp_executed(PGD-10) (backward passes actually run),
@@ -175,6 +175,18 @@ def cases(s: Dict) -> Dict[str, Callable[[], Dict]]:
                 attacks.EarlyStopPGD(m, eps=eps, alpha=alpha, steps=K, tau=tau, compact=compact))
     for tau in (0, 1):
         out[f"official_tau{tau}"] = official_case(tau)
+    try:  # the library users would pick instead (PyPI; installed by `make setup`)
+        import torchattacks
+    except ImportError:
+        return out
+    baseline = torchattacks.PGD(m, eps=eps, alpha=alpha, steps=K, random_start=True)
+
+    def torchattacks_case():
+        torch.manual_seed(0)
+        baseline(x, y)
+        n = len(y)  # every sample: K updates, K forward/backward passes
+        return dict(bp=n * K, bp_executed=n * K, rows_computed=n * K)
+    out["torchattacks_pgd10"] = torchattacks_case
     return out
 
 
@@ -207,7 +219,7 @@ def main(argv=None) -> Dict:
     torch.set_num_threads(args.threads)
     s = build(args.size, data=args.data)
     all_cases = cases(s)
-    fns = {k: timed(all_cases[k], s["device"]) for k in SPEED_CASES}
+    fns = {k: timed(all_cases[k], s["device"]) for k in SPEED_CASES + ["torchattacks_pgd10"] if k in all_cases}
     counts = {k: fn() for k, fn in fns.items()}  # also the first warm-up
     for _ in range(args.warmup - 1):
         for fn in fns.values():
@@ -221,7 +233,7 @@ def main(argv=None) -> Dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     base_t, base_be = med["pgd10"], counts["pgd10"]["bp_executed"]
     rows = []
-    for k in SPEED_CASES:
+    for k in fns:
         c = counts[k]
         row = dict(case=k, median_s=med[k], min_s=min(times[k]), times_s=times[k],
                    images_per_sec=s["batch"] / med[k], **c,
@@ -237,6 +249,9 @@ def main(argv=None) -> Dict:
             row["speedup_over_official_min"] = min(times[f"official_{tau}"]) / min(times[k])
             row["meets_target_1.15"] = row["time_over_bp_ratio"] <= 1.15
             row["meets_target_1.15_min"] = row["time_over_bp_ratio_min"] <= 1.15
+        if k == "torchattacks_pgd10":  # fastadv's PGD-10 against the library's (same work)
+            row["fastadv_pgd10_speedup"] = med[k] / base_t
+            row["fastadv_pgd10_speedup_min"] = min(times[k]) / min(times["pgd10"])
         rows.append(row)
     try:
         import triton
@@ -268,6 +283,10 @@ def main(argv=None) -> Dict:
     if result["load_avg"] and result["load_avg"][0] > 1.5 * result["cpu_count"]:
         print(f"note: load average {result['load_avg'][0]:.1f} on {result['cpu_count']} CPUs: "
               "other processes share this machine; the medians are noisy, compare the @min columns")
+    ta = next((r for r in rows if r["case"] == "torchattacks_pgd10"), None)
+    if ta is not None:
+        print(f"fastadv PGD-10 vs torchattacks PGD-10: {ta['fastadv_pgd10_speedup']:.3f}x faster "
+              f"(@min {ta['fastadv_pgd10_speedup_min']:.3f}x)")
     out = Path(args.out) if args.out else RESULTS / f"attack_speed_{args.size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

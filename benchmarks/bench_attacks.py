@@ -1,5 +1,6 @@
 """Attacks under pytest-benchmark (issue #3): PGD-10, FAT's early-stopped PGD-10-τ (τ = 0 … 3,
-compacted and masked) and the port of the official per-sample loop (τ = 0, 1).
+compacted and masked), the port of the official per-sample loop (τ = 0, 1) and torchattacks' PGD-10
+(the library users would otherwise pick; `make setup` installs it).
 
     python -m pytest benchmarks/bench_attacks.py --benchmark-only -q [--fastadv-size=gpu]
 
@@ -16,7 +17,7 @@ import torch
 from benchmarks.attack_speed import build, cases
 
 CASES = (["pgd10"] + [f"es_tau{t}_{m}" for t in (0, 1, 2, 3) for m in ("compact", "masked")]
-         + ["official_tau0", "official_tau1"])
+         + ["official_tau0", "official_tau1", "torchattacks_pgd10"])
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +40,8 @@ def setup(bench_size):
 
 @pytest.mark.parametrize("case", CASES)
 def test_attack(benchmark, setup, case):
+    if case not in setup["cases"]:
+        pytest.skip(f"{case}: torchattacks is not installed (make setup installs it)")
     fn = setup["cases"][case]
     if setup["device"].startswith("cuda"):
         inner = fn
@@ -54,6 +57,7 @@ def test_attack(benchmark, setup, case):
     n = setup["batch"]
     # Per image, like every other group (PGD-10 = 10.00); the batch totals kept beside them.
     benchmark.extra_info.update(device=setup["device"], batch=n, baseline=case == "pgd10",
+                                library="torchattacks" if case.startswith("torchattacks") else "fastadv",
                                 bp=counts["bp"] / n, bp_executed=counts["bp_executed"] / n,
                                 rows_computed_per_image=counts["rows_computed"] / n,
                                 bp_total=counts["bp"], bp_executed_total=counts["bp_executed"])
@@ -61,7 +65,7 @@ def test_attack(benchmark, setup, case):
         benchmark.extra_info["images_per_sec"] = round(setup["batch"] / benchmark.stats.stats.median, 1)
     n, k = setup["batch"], 10
     assert 0 <= counts["bp"] <= n * k and counts["bp"] <= counts["bp_executed"] <= n * k
-    if case == "pgd10" or case.endswith("masked"):
+    if case in ("pgd10", "torchattacks_pgd10") or case.endswith("masked"):
         assert counts["rows_computed"] >= counts["bp_executed"]
     else:
         assert counts["rows_computed"] == counts["bp_executed"]

@@ -14,7 +14,7 @@
 
 namespace {
 
-// What this build holds, as "key=value" words: cuda, openmp, cpu_isa.
+// What this build holds, as "key=value" words: cuda, openmp, cpu_isa, cpu_clones.
 std::string build_info() {
   std::string info;
 #ifdef FASTADV_WITH_CUDA
@@ -35,6 +35,11 @@ std::string build_info() {
   info += " cpu_isa=aarch64";
 #else
   info += " cpu_isa=baseline";
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTADV_NO_CLONES)
+  info += " cpu_clones=x86-64-v3,x86-64-v4";  // the vector loops' AVX2 and AVX-512 versions (ops_cpu.cpp)
+#else
+  info += " cpu_clones=none";
 #endif
   return info;
 }

@@ -65,6 +65,46 @@ def test_failed_load_warns_once_and_falls_back():
     assert total == pytest.approx(6 * 0.05)  # the reference did the step: x = 0 + 0.05 * sign(1)
 
 
+_JIT_FAILS = r"""
+import json, shutil, sys, time, warnings
+from pathlib import Path
+sys.modules['fastadv._C'] = None  # no installed library: the just-in-time build is tried
+import fastadv.ops.native as native
+src = Path(sys.argv[1])
+if not src.exists():  # a copy of csrc/ whose schema file does not compile
+    shutil.copytree(native._source_dir(), src)
+    (src / "ops.cpp").write_text("#error planted build failure\n" + (src / "ops.cpp").read_text())
+native._source_dir = lambda: src
+import fastadv.ops as ops
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter('always')
+    t0 = time.perf_counter()
+    backends = ops.available_backends('cpu')
+    seconds = time.perf_counter() - t0
+msgs = [str(m.message) for m in w if 'native kernels unavailable' in str(m.message)]
+print(json.dumps([backends, msgs, seconds]))
+"""
+
+
+def test_a_failed_jit_build_is_one_line_with_its_log_and_is_not_retried(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTADV_NO_JIT", "FASTADV_BACKEND", "TRITON_INTERPRET")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "torch_extensions")
+    runs = []
+    for _ in range(2):  # the second process must not build again
+        out = subprocess.run([sys.executable, "-c", _JIT_FAILS, str(tmp_path / "csrc")], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    (b1, msgs1, _), (b2, msgs2, t2) = runs
+    assert b1 == b2 == ["reference"] and len(msgs1) == len(msgs2) == 1
+    assert "\n" not in msgs1[0] and len(msgs1[0]) < 600, msgs1[0]  # one line, not the compiler's output
+    log = next((tmp_path / "cache" / "fastadv").glob("jit-*.log"))
+    assert str(log) in msgs1[0] and "planted build failure" in log.read_text()
+    assert "failed before" in msgs2[0] and "delete" in msgs2[0] and t2 < 10  # remembered, no new build
+    assert len(list((tmp_path / "cache" / "fastadv").glob("jit-failed-*"))) == 1
+
+
 def bits(t):
     """The bit patterns of a float tensor (so that -0.0 != +0.0 and NaN == NaN)."""
     return t.view({torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,

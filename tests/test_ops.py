@@ -3,9 +3,10 @@
 The reference (``fastadv.ops.reference``) is the executable spec. Each fast backend available on
 this machine (native C++, Triton under ``TRITON_INTERPRET=1``, CUDA when present) must reproduce it:
 bit for bit for the L∞ step, the random start, the early-stop update and compaction (every operation
-in them is exactly rounded in float32), and to float32 rounding for the L2 step (a reduction).
-Inputs cover fp32/fp16/bf16, contiguous and channels_last, N = 0 and 1, sizes that are no multiple
-of any block, per-sample eps, and FAT's ω noise.
+in them is exactly rounded in the compute dtype), and to rounding for the L2 step (a reduction).
+Inputs cover float64/fp32/fp16/bf16, contiguous and channels_last, N = 0 and 1, sizes that are no
+multiple of any block, per-sample eps, and FAT's ω noise. tests/test_ops_safety.py covers bad plans,
+overlapping inputs, float64 attacks, the L2 norm's range and the one validation of raw op calls.
 """
 import math
 

@@ -112,20 +112,51 @@ void dispatch_codec(at::ScalarType t, const char* name, const F& f) {
 template <typename C>
 typename C::raw* raw_ptr(const at::Tensor& t) { return static_cast<typename C::raw*>(t.data_ptr()); }
 
+// ----------------------------------------------------------------------------- the vector loops
+// The element loops, compiled for AVX-512 (x86-64-v4), AVX2 (v3) and baseline x86-64, the widest the
+// CPU has picked when the library loads (GCC's target_clones): a portable build, fast everywhere.
+// (Measured on an AVX-512 Xeon, the L∞ step at 128x3x32x32 fp32: baseline alone 290 us, AVX-512 115 us.)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTADV_NO_CLONES)
+#define FASTADV_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTADV_CLONES
+#endif
+
+// x[j] <- the L∞ step of x[j], j < len, in place through one pointer: GCC then knows x[j] is read
+// before it is written (with a separate `out` pointer equal to x its runtime alias check fails and
+// the scalar loop runs).
+template <typename C, bool HasNoise, typename T = typename C::raw, typename A = typename C::compute>
+FASTADV_CLONES void linf_span(T* x, const T* g, const T* xn, const A* noise, A e, A a, int64_t len, A lo, A hi) {
+  for (int64_t j = 0; j < len; ++j) {
+    const A nz = HasNoise ? noise[j] : A(0);
+    x[j] = C::st(linf_value<HasNoise>(C::ld(x[j]), C::ld(g[j]), C::ld(xn[j]), e, a, nz, lo, hi));
+  }
+}
+
+// out[j] <- the L∞ step of x[j], j < len (out never overlaps the inputs).
+template <typename C, bool HasNoise, typename T = typename C::raw, typename A = typename C::compute>
+FASTADV_CLONES void linf_span_to(T* __restrict out, const T* x, const T* g, const T* xn, const A* noise, A e, A a,
+                                 int64_t len, A lo, A hi) {
+  for (int64_t j = 0; j < len; ++j) {
+    const A nz = HasNoise ? noise[j] : A(0);
+    out[j] = C::st(linf_value<HasNoise>(C::ld(x[j]), C::ld(g[j]), C::ld(xn[j]), e, a, nz, lo, hi));
+  }
+}
+
+// out[j] <- the random start from x_nat[j] and the noise r[j], j < len.
+template <typename C, bool Uniform, typename T = typename C::raw, typename A = typename C::compute>
+FASTADV_CLONES void start_span(T* __restrict out, const T* xn, const A* r, A s, int64_t len, A lo, A hi) {
+  for (int64_t j = 0; j < len; ++j) out[j] = C::st(start_value<Uniform>(C::ld(xn[j]), r[j], s, lo, hi));
+}
+
 // ----------------------------------------------------------------------------- L∞ step
 template <typename C, bool HasNoise, typename T = typename C::raw, typename A = typename C::compute>
 void linf_rows(T* x, const T* g, const T* xn, const A* noise, const A* eps, const A* alpha, int64_t N, int64_t D,
                A lo, A hi) {
   at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
     for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
-      const A e = eps[n], a = alpha[n];
-      const int64_t o = n * D;
-      // In place through one pointer: GCC then knows x[j] is read before it is written (with a
-      // separate `out` pointer equal to x, its runtime alias check fails and the scalar loop runs).
-      for (int64_t j = j0; j < j1; ++j) {
-        const A nz = HasNoise ? noise[o + j] : A(0);
-        x[o + j] = C::st(linf_value<HasNoise>(C::ld(x[o + j]), C::ld(g[o + j]), C::ld(xn[o + j]), e, a, nz, lo, hi));
-      }
+      const int64_t o = n * D + j0;
+      linf_span<C, HasNoise>(x + o, g + o, xn + o, HasNoise ? noise + o : nullptr, eps[n], alpha[n], j1 - j0, lo, hi);
     });
   });
 }
@@ -207,10 +238,8 @@ template <typename C, bool Uniform, typename T = typename C::raw, typename A = t
 void start_rows(T* out, const T* xn, const A* r, const A* scale, int64_t N, int64_t D, A lo, A hi) {
   at::parallel_for(0, N * D, kGrain, [&](int64_t begin, int64_t end) {
     for_row_pieces(begin, end, D, [&](int64_t n, int64_t j0, int64_t j1) {
-      const A s = scale[n];
-      const int64_t o = n * D;
-      for (int64_t j = j0; j < j1; ++j)
-        out[o + j] = C::st(start_value<Uniform>(C::ld(xn[o + j]), r[o + j], s, lo, hi));
+      const int64_t o = n * D + j0;
+      start_span<C, Uniform>(out + o, xn + o, r + o, scale[n], j1 - j0, lo, hi);
     });
   });
 }
@@ -356,12 +385,9 @@ void linf_compact_rows(const T* x, const T* g, const T* xn, const A* noise, cons
         std::memcpy(leavers + index[n] * D + j0, x + o + j0, (j1 - j0) * sizeof(T));
         return;
       }
-      const A e = eps[n], a = alpha[n];
-      T* xo = x_next + dn * D;
-      for (int64_t j = j0; j < j1; ++j) {
-        const A nz = HasNoise ? noise[o + j] : A(0);
-        xo[j] = C::st(linf_value<HasNoise>(C::ld(x[o + j]), C::ld(g[o + j]), C::ld(xn[o + j]), e, a, nz, lo, hi));
-      }
+      const int64_t p = o + j0;
+      linf_span_to<C, HasNoise>(x_next + dn * D + j0, x + p, g + p, xn + p, HasNoise ? noise + p : nullptr, eps[n],
+                                alpha[n], j1 - j0, lo, hi);
       std::memcpy(xn_next + dn * D + j0, xn + o + j0, (j1 - j0) * sizeof(T));
     });
   });

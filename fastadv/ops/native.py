@@ -123,13 +123,14 @@ def _load() -> bool:
 
 def build_info() -> dict:
     """What the native library holds: ``{"loaded", "source" ("installed"|"jit"), "cpu", "cuda",
-    "openmp", "threads", "cpu_isa"}``, or ``{"loaded": False, "error": ...}``."""
+    "openmp", "threads", "cpu_isa" (the build's target), "cpu_clones" (the vector loops' extra ISA
+    versions, picked at load time)}``, or ``{"loaded": False, "error": ...}``."""
     if not _load():
         return {"loaded": False, "error": str(_state["error"])}
     if _state["info"] is None:
         words = dict(w.split("=") for w in torch.ops.fastadv._build_info().split())
         _state["info"] = {"cpu": True, "cuda": words["cuda"] == "1", "openmp": words["openmp"] == "1",
-                          "cpu_isa": words["cpu_isa"]}
+                          "cpu_isa": words["cpu_isa"], "cpu_clones": words.get("cpu_clones", "none")}
     # threads: what the kernels use now (at::parallel_for follows torch.set_num_threads).
     return {"loaded": True, "source": _state["source"], **_state["info"], "threads": torch.get_num_threads()}
 
