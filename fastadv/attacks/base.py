@@ -122,13 +122,30 @@ class Attack:
             z = torch.zeros(0, dtype=torch.int64, device=x_nat.device)
             return AttackResult(x_nat.clone(), z, z.clone(), z.clone(), 0, 0, 0)
         with self._attack_mode():
-            self._bad_logits = torch.zeros((), dtype=torch.bool, device=x_nat.device)
-            self._labels_checked = False
+            # The checks of the model's outputs, kept on the device and read once, at the end,
+            # with the attack's own counts (``host_read``): labels outside [0, C), non-finite logits.
+            self._flags = torch.zeros(2, dtype=torch.bool, device=x_nat.device)
+            self._flags_read = False
+            self._classes = None
             clean = self._clean_logits(x_nat) if self.loss == "kl" else None
             res = self._attack(x_nat, y, eps, alpha, clean)
-        if bool(self._bad_logits):  # one host read per attack, accumulated over the checks
-            raise ValueError("model returned non-finite logits (nan or inf) during the attack")
+        if not self._flags_read:
+            self.host_read([])
         return res
+
+    def host_read(self, values: list) -> list:
+        """The attack's one host read: ``values`` (0-dim integer tensors) and the output checks
+        together; raises if a check failed, else returns the values as Python ints."""
+        got = torch.cat([torch.stack(values).to(torch.int64) if values else self._flags.new_zeros(0, dtype=torch.int64),
+                         self._flags.to(torch.int64)]).tolist()
+        self._flags_read = True
+        bad_labels, bad_logits = got[-2], got[-1]
+        if bad_labels:
+            c = self._classes
+            raise ValueError(f"y has labels outside [0, {c}) for a model with {c} classes")
+        if bad_logits:
+            raise ValueError("model returned non-finite logits (nan or inf) during the attack")
+        return got[:-2]
 
     def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
                 clean: Optional[Tensor]) -> AttackResult:
@@ -202,16 +219,18 @@ class Attack:
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
-        if not self._labels_checked:  # once per attack: a host read, before the loss indexes with y
-            c = logits.shape[1]
-            if bool(((y < 0) | (y >= c)).any()):
-                raise ValueError(f"y has labels outside [0, {c}) for a model with {c} classes")
-            self._labels_checked = True
-        self._bad_logits |= ~torch.isfinite(logits.detach()).all()
+        c = logits.shape[1]
+        if self._classes is None:  # the first check sees every label (later ones a subset)
+            self._classes = c
+            self._flags[0] |= ((y < 0) | (y >= c)).any()
+        self._flags[1] |= ~torch.isfinite(logits.detach()).all()
+        # Until the one host read has vetted the labels, the loss must not index with one out of
+        # range (on CUDA that is a device-side assert): it sees them clamped.
+        y_loss = y.clamp(0, c - 1)
         if self.loss == "ce":
-            loss = ce_loss(logits, y)
+            loss = ce_loss(logits, y_loss)
         elif self.loss == "cw":
-            loss = cw_loss(logits, y, self.confidence)
+            loss = cw_loss(logits, y_loss, self.confidence)
         else:
             loss = kl_loss(logits, clean)
         (grad,) = torch.autograd.grad(loss, x)

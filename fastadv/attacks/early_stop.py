@@ -87,7 +87,7 @@ class EarlyStopPGD(Attack):
             ops.compact_rows(x, no_dest, 0, index=index, leavers=out)
             state = torch.stack([index, y, budget, kappa, index.new_full((m,), K)], dim=1)
             ops.compact_rows(state, no_dest, 0, index=index, leavers=final)
-        return _result(out, final[:, _UPDATES], final[:, _KAPPA], K, rows_computed)
+        return self._result(out, final[:, _UPDATES], final[:, _KAPPA], rows_computed)
 
     def _step_compact(self, x, grad, x_nat, eps, alpha, dest, m_next, index, out, per_row_next):
         """Leavers → ``out[index]`` unchanged; stayers packed and stepped. Returns (x, x_nat)."""
@@ -129,11 +129,11 @@ class EarlyStopPGD(Attack):
             updates += active
             if not bool(active.any()):  # one host read per check
                 break
-        return _result(x, updates, kappa, self.steps, rows_computed)
+        return self._result(x, updates, kappa, rows_computed)
 
-
-def _result(x_adv: Tensor, updates: Tensor, kappa: Tensor, steps: int, rows_computed: int) -> AttackResult:
-    # A sample that left at check k had k updates and k + 1 checks; survivors K and K.
-    checks = torch.clamp(updates + 1, max=steps)
-    bp, bp_executed = torch.stack([updates.sum(), checks.sum()]).tolist()
-    return AttackResult(x_adv, updates.clone(), checks, kappa.clone(), bp, bp_executed, rows_computed)
+    def _result(self, x_adv: Tensor, updates: Tensor, kappa: Tensor, rows_computed: int) -> AttackResult:
+        # A sample that left at check k had k updates and k + 1 checks; survivors K and K. The
+        # counts come back in the attack's one host read, with its output checks.
+        checks = torch.clamp(updates + 1, max=self.steps)
+        bp, bp_executed = self.host_read([updates.sum(), checks.sum()])
+        return AttackResult(x_adv, updates.clone(), checks, kappa.clone(), bp, bp_executed, rows_computed)
