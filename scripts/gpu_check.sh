@@ -44,7 +44,7 @@ if want device; then
     $PY -c "import torch, platform; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'python', platform.python_version()); print('device', torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
     $PY -c "import triton; print('triton', triton.__version__)" 2>&1
     (command -v nvcc >/dev/null && nvcc --version | tail -2) || echo "nvcc: not on PATH"
-    (command -v compute-sanitizer >/dev/null && echo "compute-sanitizer: $(command -v compute-sanitizer)") || echo "compute-sanitizer: not on PATH"
+    echo "compute-sanitizer: $(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1 || true)"
     nproc
   } 2>&1 | tee "$OUT/device.txt"
   status device ok
@@ -65,10 +65,13 @@ if want tests; then
     tests/test_native_build.py tests/test_ops.py -k "cuda or test_gpu"
 fi
 
+# compute-sanitizer: on PATH, else where CUDA toolkits keep it.
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+  /usr/local/cuda/compute-sanitizer/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
 if want sanitizer; then
-  if command -v compute-sanitizer >/dev/null; then
+  if [ -n "$SANITIZER" ]; then
     # The native CUDA kernels, called directly on small inputs (no Triton compiles under memcheck).
-    run sanitizer 30 sanitizer.log compute-sanitizer --tool memcheck --error-exitcode 3 \
+    run sanitizer 30 sanitizer.log "$SANITIZER" --tool memcheck --error-exitcode 3 \
       $PY -m pytest -q -x -p no:cacheprovider tests/test_native_build.py -k cuda
   else
     echo "compute-sanitizer not found on this machine" | tee "$OUT/sanitizer.log"
