@@ -650,6 +650,21 @@ def test_one_host_read_per_attack_plus_one_per_early_stop_check(monkeypatch):
     assert len(reads) == checks + 1 and reads[-1] == "tolist", reads
 
 
+def test_the_attack_engine_asks_no_host_read_of_its_compactions(monkeypatch):
+    """Its plans come from compaction_plan, so every compaction runs with check=False: on a GPU a
+    check=True would cost a host synchronisation per compaction op, several per check."""
+    from fastadv.ops import library
+    seen = []
+    real = library._after_compaction
+    monkeypatch.setattr(library, "_after_compaction", lambda device, check: seen.append(check) or real(device, check))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for norm in ("linf", "l2"):
+        attacks.EarlyStopPGD(model, eps=0.3, alpha=0.1, steps=5, tau=0, norm=norm).run(x, y)
+    assert seen and not any(seen), seen
+
+
 def test_bad_x():
     _raises(TypeError, r"\bx\b", lambda m: attacks.PGD(m), torch.randint(0, 2, (4, 1, 8, 8)),
             torch.tensor([0, 1, 2, 3]))

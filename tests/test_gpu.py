@@ -84,7 +84,9 @@ def test_misaligned_storage_takes_the_scalar_path(monkeypatch, name, dtype, offs
     _backend(monkeypatch, "reference")
     want = ops.linf_step_(x.clone(), grad, x_nat, 0.03, 0.01)
     _backend(monkeypatch, name)
-    _same(ops.linf_step_(x.clone(), grad, x_nat, 0.03, 0.01), want)
+    got = torch.empty(x.numel() + offset, dtype=dtype, device=DEV)[offset:].view(shape).copy_(x)
+    assert got.data_ptr() % 16 != 0  # the written tensor misaligned too (x.clone() would not be)
+    _same(ops.linf_step_(got, grad, x_nat, 0.03, 0.01), want)
     dest, n = ops.compaction_plan(torch.arange(33, device=DEV) % 3 == 0)
     res = {}
     for backend in ("reference", name):

@@ -134,11 +134,15 @@ class Attack:
         return res
 
     def host_read(self, values: list) -> list:
-        """The attack's one host read: ``values`` (0-dim integer tensors) and the output checks
-        together; raises if a check failed, else returns the values as Python ints."""
+        """The attack's one host read: ``values`` (0-dim integer tensors), the output checks and the
+        compaction kernels' error flag together; raises if a check failed, else returns the values
+        as Python ints."""
+        device = self._flags.device
         got = torch.cat([torch.stack(values).to(torch.int64) if values else self._flags.new_zeros(0, dtype=torch.int64),
-                         self._flags.to(torch.int64)]).tolist()
+                         self._flags.to(torch.int64), ops.library.error_flag(device).to(torch.int64)]).tolist()
         self._flags_read = True
+        ops.library.raise_if_flagged(device, bool(got[-1]))  # a compaction's out-of-range plan
+        got = got[:-1]
         bad_labels, bad_logits = got[-2], got[-1]
         if bad_labels:
             c = self._classes

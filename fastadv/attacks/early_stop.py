@@ -77,12 +77,12 @@ class EarlyStopPGD(Attack):
                 continue
             state = torch.stack([index, y, budget, kappa, index.new_full((m,), k)], dim=1)
             # Leavers' state goes to final[index] (k updates); the rest is packed in stable order.
-            packed = ops.compact_rows(state, dest, m_next, index=index, leavers=final).t().contiguous()
-            per_row = ops.compact_rows(per_row, dest, m_next)
+            packed = ops.compact_rows(state, dest, m_next, index=index, leavers=final, check=False).t().contiguous()
+            per_row = ops.compact_rows(per_row, dest, m_next, check=False)
             x, x_nat = self._step_compact(x, grad, x_nat, eps, alpha, dest, m_next, index, out,
                                           per_row)
             if clean is not None:
-                clean = ops.compact_rows(clean, dest, m_next)
+                clean = ops.compact_rows(clean, dest, m_next, check=False)
             index, y, budget, kappa = (packed[c] for c in (_INDEX, _LABEL, _BUDGET, _KAPPA))
             eps, alpha = per_row.t().contiguous().unbind(0)
             m = m_next
@@ -90,22 +90,24 @@ class EarlyStopPGD(Attack):
                 break
         if m:  # survivors: x^K, unchecked, K updates, back to their input rows
             no_dest = torch.full((m,), -1, dtype=torch.int64, device=dev)
-            ops.compact_rows(x, no_dest, 0, index=index, leavers=out)
+            ops.compact_rows(x, no_dest, 0, index=index, leavers=out, check=False)
             state = torch.stack([index, y, budget, kappa, index.new_full((m,), K)], dim=1)
-            ops.compact_rows(state, no_dest, 0, index=index, leavers=final)
+            ops.compact_rows(state, no_dest, 0, index=index, leavers=final, check=False)
         return self._result(out, final[:, _UPDATES], final[:, _KAPPA], rows_computed)
 
     def _step_compact(self, x, grad, x_nat, eps, alpha, dest, m_next, index, out, per_row_next):
-        """Leavers → ``out[index]`` unchanged; stayers packed and stepped. Returns (x, x_nat)."""
+        """Leavers → ``out[index]`` unchanged; stayers packed and stepped. Returns (x, x_nat).
+        Every compaction passes ``check=False``: its plan comes from ``compaction_plan``, and a
+        kernel's out-of-range flag is read with the next plan or the attack's final read."""
         with torch.no_grad():
             if self.norm == "linf":  # one fused pass over memory
                 return ops.linf_step_compact(x, grad, x_nat, eps, alpha, dest, m_next, index, out,
                                              self.clip_min, self.clip_max, noise=self._noise(x),
                                              check=False)
             # L2 needs each row's norm first: pack, then step the packed rows.
-            x_next = ops.compact_rows(x, dest, m_next, index=index, leavers=out)
-            g_next = ops.compact_rows(grad, dest, m_next)
-            xn_next = ops.compact_rows(x_nat, dest, m_next)
+            x_next = ops.compact_rows(x, dest, m_next, index=index, leavers=out, check=False)
+            g_next = ops.compact_rows(grad, dest, m_next, check=False)
+            xn_next = ops.compact_rows(x_nat, dest, m_next, check=False)
             e_next, a_next = per_row_next.t().contiguous().unbind(0)
             self._step_(x_next, g_next, xn_next, e_next, a_next)
             return x_next, xn_next

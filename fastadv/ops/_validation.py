@@ -53,14 +53,14 @@ def check_batched(name: str, t: Tensor) -> Tensor:
     return t
 
 
-def check_number(name: str, v, *, minimum: Optional[float] = 0.0) -> float:
-    """A finite Python number (``>= minimum`` unless None), as a float."""
+def check_number(name: str, v) -> float:
+    """A finite Python number >= 0, as a float."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(v).__name__}")
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{name} must be >= {minimum:g}, got {v}")
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
     return float(v)
 
 
