@@ -17,8 +17,9 @@ setup:
 	# torch of its own choosing; what it imports (numpy, scipy, tqdm) the test extras already bring.
 	$(PIP) install -q --no-deps "torchattacks==3.5.1"
 
+# --overwrite: a second `make demo` replaces the first demo's run folder (a plain re-run refuses).
 demo: setup
-	$(PY) -m fastadv train --method fat --tau 1
+	$(PY) -m fastadv train --method fat --tau 1 --overwrite
 
 test: setup
 	$(PY) -m pytest -q -ra --benchmark-disable

@@ -9,7 +9,12 @@ every process joins the process group from torchrun's environment (NCCL on GPUs,
 rank 0 prints and writes the files (see :mod:`fastadv.training.distributed`).
 
 Every option of ``fastadv.train`` has a ``--kebab-case`` twin; numbers accept fractions
-(``--eps 8/255``); booleans are ``--resume/--no-resume`` style flags.
+(``--eps 8/255``); booleans are ``--resume/--no-resume`` style flags. Only the options typed are
+passed on (the rest take ``fastadv.train``'s defaults), so ``--resume`` continues a run with its
+own options and refuses typed ones that differ.
+
+Errors: a bad option, file, folder or input is one line on stderr and exit status 2; anything
+else is a bug and keeps its traceback. ``--debug`` shows the traceback of every error.
 """
 from __future__ import annotations
 
@@ -62,14 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     from .training.config import LR_SCHEDULES, METHODS, WEIGHT_FUNCS
     p = argparse.ArgumentParser(prog="fastadv", description="Fast, exact adversarial training.")
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
 
     t = sub.add_parser("train", help="train a model (per-epoch table, checkpoints, CSV/JSON log)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[common])
     t.add_argument("--method", default="fat", choices=list(METHODS))
     t.add_argument("--tau", type=_tau, default=None, help="int or 'dynamic' (fat* methods; default 1)")
     t.add_argument("--dataset", default="digits")
     t.add_argument("--data-dir", default=None)
-    t.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
+    t.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                   help="fetch a missing dataset from its official URL (default: yes)")
+    t.add_argument("--verify-data", action=argparse.BooleanOptionalAction, default=None,
+                   help="check pickled CIFAR files against the official checksums (default: yes)")
     t.add_argument("--model", default=None, help="default: small_cnn (digits/mnist), preact_resnet18")
     t.add_argument("--preset", default=None, choices=["paper"])
     t.add_argument("--epochs", type=int, default=None)
@@ -88,31 +99,40 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lam", type=_number, default=None)
     t.add_argument("--weight-func", default=None, choices=list(WEIGHT_FUNCS))
     t.add_argument("--gair-start", type=int, default=None)
-    t.add_argument("--augment", type=_augment, default=True)
+    t.add_argument("--augment", type=_augment, default=None)
     t.add_argument("--train-samples", type=_optional_int, default=None)
     t.add_argument("--eval-samples", type=_optional_int, default=None)
-    t.add_argument("--eval-every", type=int, default=1)
-    t.add_argument("--eval-batch-size", type=int, default=256)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-every", type=int, default=None)
+    t.add_argument("--eval-batch-size", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None)
     t.add_argument("--device", default=None)
     t.add_argument("--amp", default=None, choices=["bf16", "none"])
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
-    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="DDP (torchrun): SyncBatchNorm (CUDA) instead of per-process BatchNorm")
     t.add_argument("--out-dir", default=None)
-    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
+    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="continue the run in --out-dir from its last.pt, with its own options")
+    t.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
+                   help="replace the run in --out-dir (its checkpoints and history are deleted)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for this run (default: torch's own choice)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True)
+    t.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (natural, FGSM, PGD-20, C&W∞, ...)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
     e.add_argument("checkpoint")
     e.add_argument("--attacks", nargs="+", default=["natural", "fgsm", "pgd20", "cw30"])
     e.add_argument("--eps", type=_number, default=None, help="default: the checkpoint's training eps")
     e.add_argument("--any-iterate", action=argparse.BooleanOptionalAction, default=False)
     e.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
-    e.add_argument("--data-dir", default=None)
+    e.add_argument("--data-dir", default=None,
+                   help="default: $FASTADV_DATA or ~/.cache/fastadv (never a path from the checkpoint)")
+    e.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
+    e.add_argument("--verify-data", action=argparse.BooleanOptionalAction, default=True,
+                   help="check pickled CIFAR files against the official checksums")
     e.add_argument("--split", default="test")
     e.add_argument("--max-samples", type=_optional_int, default=None)
     e.add_argument("--batch-size", type=int, default=256)
@@ -120,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="JSON file (default: eval_<checkpoint>.json beside it)")
 
-    pl = sub.add_parser("plot", help="accuracy and BP curves of a run folder to a PNG")
+    pl = sub.add_parser("plot", help="accuracy and BP curves of a run folder to a PNG",
+                        parents=[common])
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="default: RUN_DIR/curves.png")
     return p
@@ -128,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .training.api import train
-    opts = {k: v for k, v in vars(args).items() if k not in ("command",)}
+    # Only what was typed: a resume then takes the rest from the run it continues.
+    opts = {k: v for k, v in vars(args).items() if k not in ("command", "debug") and v is not None}
     method = opts.pop("method")
     train(method=method, **opts)
     return 0
@@ -150,7 +172,7 @@ def _cmd_eval(args, device) -> int:
     from .training import distributed as dist_utils
     from .data import load_dataset
     from .evaluation import evaluate
-    from .training.checkpoint import load_checkpoint
+    from .training.checkpoint import load_checkpoint, load_model_state
     state = load_checkpoint(args.checkpoint)
     meta = state.get("meta") or {}
     missing = [k for k in ("model", "num_classes", "in_channels") if k not in meta]
@@ -158,13 +180,15 @@ def _cmd_eval(args, device) -> int:
         raise ValueError(f"checkpoint: {args.checkpoint} lacks {missing} (not written by fastadv train)")
     model = models.create(meta["model"], num_classes=meta["num_classes"],
                           in_channels=meta["in_channels"])
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"], args.checkpoint)
     model.to(device).eval()
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
         raise ValueError("--dataset: the checkpoint names no dataset; pass --dataset")
-    data = load_dataset(dataset, data_dir=args.data_dir or (state.get("config") or {}).get("data_dir"),
-                        split=args.split)
+    # The data folder is the user's (--data-dir, $FASTADV_DATA), never one named in the checkpoint:
+    # a checkpoint from elsewhere must not choose which files this process reads.
+    data = load_dataset(dataset, data_dir=args.data_dir, split=args.split, download=args.download,
+                        verify=args.verify_data)
     eps = args.eps if args.eps is not None else meta.get("eps")
     if eps is None:
         raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
@@ -225,15 +249,25 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command]
     from .data import DownloadError
     try:
         return handler(args)
-    except (ValueError, TypeError, FileNotFoundError, DownloadError) as e:
-        # Bad options and missing files: one clear line, exit status 2 (like argparse).
-        print(f"fastadv {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, DownloadError) as e:
+        # A bad option, file, folder or input (a UserError, or the ValueError/TypeError/OSError
+        # they raise): one line, exit status 2 (like argparse). --debug: the traceback.
+        if args.debug:
+            raise
+        print(f"fastadv {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (resume with --resume)", file=sys.stderr)

@@ -93,9 +93,10 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: in
     if not isinstance(data, Iterable):
         raise TypeError(f"data must be an ImageDataset, a tuple (x, y) or an iterable of batches, "
                         f"got {type(data).__name__}")
+    from .data.loader import unpack_batch
     seen = 0
     for i, batch in enumerate(data):
-        x, y = batch[0], batch[1]
+        x, y = unpack_batch(batch)
         if max_samples is not None:
             if seen >= max_samples:
                 return
@@ -108,7 +109,8 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: in
 
 
 def _predict(model, x: Tensor) -> Tensor:
-    with torch.no_grad():
+    from .attacks.base import explain_dtype_errors
+    with torch.no_grad(), explain_dtype_errors(model, x):
         return model(x).argmax(1)
 
 

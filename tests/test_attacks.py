@@ -345,6 +345,7 @@ def test_per_sample_eps_tensor(linear_model, digits, cls, kw):
 
 def test_clip_range(linear_model, digits):
     x, y = digits
+    x = x.clamp(0.2, 0.7)  # inputs must lie in the attack's box (test_inputs_outside_the_box_raise)
     for cls, kw in ((attacks.PGD, {}), (attacks.EarlyStopPGD, {"tau": 2}),
                     (attacks.EarlyStopPGD, {"tau": 2, "compact": False})):
         x_adv = cls(linear_model, eps=0.3, alpha=0.1, steps=5, clip_min=0.2, clip_max=0.7, **kw)(x, y)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import fastadv.data as D
 from fastadv.data import datasets as ds_mod
 from fastadv.data import download as dl_mod
+from fastadv.data import integrity
 from fastadv.data.loader import crop_flip
 
 import shared_data as SD
@@ -73,8 +74,9 @@ def cifar10_dir(tmp_path_factory):
 
 def test_cifar10_reader_on_real_pixels(cifar10_dir):
     dest, src = cifar10_dir
-    tr = D.load_dataset("cifar10", data_dir=dest, split="train", download=False)
-    te = D.load_dataset("cifar10", data_dir=dest, split="test", download=False)
+    # verify=False: these batches hold the real pixels but are not the official files (md5).
+    tr = D.load_dataset("cifar10", data_dir=dest, split="train", download=False, verify=False)
+    te = D.load_dataset("cifar10", data_dir=dest, split="test", download=False, verify=False)
     assert (len(tr), len(te)) == (4000, 1000)
     assert tr.images.shape == (4000, 3, 32, 32) and tr.images.dtype == torch.uint8
     assert tr.classes[0] == "airplane" and tr.classes[9] == "truck" and tr.num_classes == 10
@@ -93,7 +95,7 @@ def test_cifar10_reader_on_real_pixels(cifar10_dir):
 
 def test_cifar10_foolbox_pngs_agree_with_reader(cifar10_dir):
     dest, _ = cifar10_dir
-    te = D.load_dataset("cifar10", data_dir=dest, split="test", download=False)
+    te = D.load_dataset("cifar10", data_dir=dest, split="test", download=False, verify=False)
     for i, y, px in SD.foolbox_samples(SD.require_shared_data() / "cifar10" / "foolbox"):
         assert int(te.labels[i]) == y
         assert torch.equal(te.images[i].permute(1, 2, 0), torch.from_numpy(px))
@@ -101,7 +103,7 @@ def test_cifar10_foolbox_pngs_agree_with_reader(cifar10_dir):
 
 def test_cifar100_reader_fine_labels(tmp_path):
     src = SD.build_cifar100(SD.require_shared_data(), tmp_path)
-    te = D.load_dataset("cifar100", data_dir=tmp_path, split="test", download=False)
+    te = D.load_dataset("cifar100", data_dir=tmp_path, split="test", download=False, verify=False)
     assert len(te) == 20 and te.num_classes == 100 and te.classes[5] == "c5"
     assert te.labels.tolist() == src["labels"].tolist()
     assert torch.equal(te.images.permute(0, 2, 3, 1), torch.from_numpy(src["images"]))
@@ -114,7 +116,7 @@ def test_cifar_reader_rejects_malformed_batch(tmp_path):
     with open(bad / "test_batch", "wb") as f:
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
     with pytest.raises(ValueError, match=r"b'data' must be uint8 \[N, 3072\]"):
-        D.load_dataset("cifar10", data_dir=tmp_path, split="test", download=False)
+        D.load_dataset("cifar10", data_dir=tmp_path, split="test", download=False, verify=False)
 
 
 # ============================================================================ MNIST idx on real pixels
@@ -279,6 +281,10 @@ def test_cifar10_download_and_extract(tmp_path, monkeypatch, cifar10_dir):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(dest / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     monkeypatch.setitem(D.RESOURCES, "cifar10", {archive.as_uri(): D.md5sum(str(archive))})
+    # The extracted files are checked against the "official" checksums: here, those of our batches.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(integrity.OFFICIAL_MD5, "cifar10", {
+        p.name: D.md5sum(str(p)) for p in (dest / "cifar-10-batches-py").iterdir()})
     te = D.load_dataset("cifar10", data_dir=tmp_path / "data", split="test", download=True)
     assert torch.equal(te.images.permute(0, 2, 3, 1), torch.from_numpy(src["test"]))
     # A wrong checksum is refused and nothing is extracted.
@@ -438,3 +444,86 @@ def test_small_cnn_learns_digits_through_the_loader():
     with torch.no_grad():
         acc = (model(te.float_images()).argmax(1) == te.labels).float().mean().item()
     assert acc >= 0.9, acc
+
+
+# ============================================================================ never run a stranger's code
+class _RunsShell:
+    """Pickles to ``os.system(cmd)``: what a planted "dataset file" would do with a plain pickle."""
+    def __init__(self, cmd):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def _plant_cifar(folder, marker, name="test_batch"):
+    import pickle
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "wb") as f:
+        pickle.dump({b"data": _RunsShell(f"touch {marker}"), b"labels": [0]}, f, protocol=2)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_planted_cifar_pickle_never_runs(tmp_path, monkeypatch, verify):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    marker = tmp_path / "pwned"
+    _plant_cifar(tmp_path / "cifar-10-batches-py", marker)
+    # verify=True: refused by its checksum before it is opened; verify=False: by the unpickler.
+    match = "not the official cifar10 file" if verify else "refusing to load posix.system"
+    with pytest.raises(integrity.DataIntegrityError, match=match):
+        D.load_dataset("cifar10", data_dir=tmp_path, split="test", download=False, verify=verify)
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_reads_every_protocol_and_refuses_code_and_objects(tmp_path):
+    import pickle
+    from fastadv.data import formats
+    d = {b"data": np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072), b"labels": [3, 1],
+         b"filenames": [b"a.png", b"b.png"], b"batch_label": b"x"}
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        (tmp_path / "b").write_bytes(pickle.dumps(d, protocol=proto))
+        x, y = formats.read_cifar_batch(str(tmp_path / "b"))
+        assert y.tolist() == [3, 1] and torch.equal(x.reshape(2, -1), torch.from_numpy(d[b"data"]))
+    for bad, why in ((np.array([1, "a"], dtype=object), "object-dtype"),
+                     (_RunsShell("true"), "posix.system"), (torch.zeros(1), "torch")):
+        (tmp_path / "b").write_bytes(pickle.dumps({b"data": bad, b"labels": [0]}, protocol=2))
+        with pytest.raises(integrity.DataIntegrityError, match=why):
+            formats.read_cifar_batch(str(tmp_path / "b"))
+    (tmp_path / "b").write_bytes(pickle.dumps(d, protocol=2)[:50])  # truncated
+    with pytest.raises(integrity.DataIntegrityError, match="not a dataset pickle"):
+        formats.read_cifar_batch(str(tmp_path / "b"))
+
+
+def test_checksums_are_verified_on_every_read_with_a_stamp(tmp_path, monkeypatch, cifar10_dir):
+    dest, src = cifar10_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    (data / "cifar-10-batches-py").mkdir(parents=True)
+    for p in (dest / "cifar-10-batches-py").iterdir():
+        (data / "cifar-10-batches-py" / p.name).write_bytes(p.read_bytes())
+    monkeypatch.setitem(integrity.OFFICIAL_MD5, "cifar10", {
+        p.name: D.md5sum(str(p)) for p in (dest / "cifar-10-batches-py").iterdir()})
+    hashed = []
+    real_md5 = integrity.md5sum
+    monkeypatch.setattr(integrity, "md5sum", lambda p: hashed.append(os.path.basename(p)) or real_md5(p))
+    te = D.load_dataset("cifar10", data_dir=data, split="test", download=False)
+    assert sorted(hashed) == ["batches.meta", "test_batch"]  # first read: hashed, then stamped
+    assert torch.equal(te.images.permute(0, 2, 3, 1), torch.from_numpy(src["test"]))
+    hashed.clear()
+    D.load_dataset("cifar10", data_dir=data, split="test", download=False)
+    assert hashed == []  # the stamps match: no hashing
+    # Swapped contents of the same size (a stamp cannot be reused: the times changed): refused.
+    f = data / "cifar-10-batches-py" / "test_batch"
+    raw = bytearray(f.read_bytes())
+    raw[-200] ^= 1
+    f.write_bytes(bytes(raw))
+    with pytest.raises(integrity.DataIntegrityError, match=r"test_batch: not the official cifar10"):
+        D.load_dataset("cifar10", data_dir=data, split="test", download=False)
+    assert "test_batch" in hashed
+
+
+def test_bad_verify_and_download_flags_are_type_errors(tmp_path):
+    with pytest.raises(TypeError, match="verify must be True or False"):
+        D.load_dataset("digits", split="test", verify="no")
+    with pytest.raises(TypeError, match="download must be True or False"):
+        D.load_dataset("digits", split="test", download="no")

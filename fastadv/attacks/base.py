@@ -72,6 +72,32 @@ def normalize_random_start(v) -> Optional[str]:
     return v
 
 
+@contextlib.contextmanager
+def explain_dtype_errors(model, x: Tensor):
+    """Turn the ``RuntimeError`` torch raises deep inside a layer when ``x`` and the model's
+    parameters have different dtypes into a ``TypeError`` naming both. Only on failure: a model
+    that casts its input itself (or autocast) is not second-guessed."""
+    try:
+        yield
+    except RuntimeError as e:
+        dtype = (next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+                 if isinstance(model, nn.Module) else None)
+        if dtype is None or dtype == x.dtype or "type" not in str(e).lower():
+            raise  # torch's messages: "same dtype", "Input type ... bias type", "scalar type"
+        raise TypeError(f"x is {x.dtype} but the model's parameters are {dtype}: pass "
+                        f"x.to({dtype}), convert the model (model.to({x.dtype})), or run under "
+                        f"torch.autocast") from e
+
+
+def input_range_message(x: Tensor, lo: float, hi: float) -> str:
+    """The error for inputs outside the attack's box (computed only when raising)."""
+    finite = x[torch.isfinite(x)]
+    seen = (f"[{finite.min().item():g}, {finite.max().item():g}]" if finite.numel() else "no finite values")
+    nan = ", and NaN or inf" if finite.numel() < x.numel() else ""
+    hint = " (images in 0 … 255? divide them by 255)" if finite.numel() and finite.max().item() > 1.5 * hi + 1 else ""
+    return f"x must lie in [{lo:g}, {hi:g}], got values in {seen}{nan}{hint}"
+
+
 class Attack:
     """A projected-gradient attack on ``model`` (any callable mapping [N, ...] inputs in
     [clip_min, clip_max] to logits [N, C]). ``atk(x, y)`` returns the adversarial tensor,
@@ -122,13 +148,18 @@ class Attack:
             z = torch.zeros(0, dtype=torch.int64, device=x_nat.device)
             return AttackResult(x_nat.clone(), z, z.clone(), z.clone(), 0, 0, 0)
         with self._attack_mode():
-            # The checks of the model's outputs, kept on the device and read once, at the end,
-            # with the attack's own counts (``host_read``): labels outside [0, C), non-finite logits.
-            self._flags = torch.zeros(2, dtype=torch.bool, device=x_nat.device)
+            # The checks of the inputs and the model's outputs, kept on the device and read once, at
+            # the end, with the attack's own counts (``host_read``): x outside [clip_min,
+            # clip_max] or NaN (it would be clipped silently), labels outside [0, C), non-finite
+            # logits.
+            self._flags = torch.zeros(3, dtype=torch.bool, device=x_nat.device)
+            self._flags[0] = ~((x_nat >= self.clip_min) & (x_nat <= self.clip_max)).all()
+            self._x = x_nat
             self._flags_read = False
             self._classes = None
-            clean = self._clean_logits(x_nat) if self.loss == "kl" else None
-            res = self._attack(x_nat, y, eps, alpha, clean)
+            with explain_dtype_errors(self.model, x_nat):
+                clean = self._clean_logits(x_nat) if self.loss == "kl" else None
+                res = self._attack(x_nat, y, eps, alpha, clean)
         if not self._flags_read:
             self.host_read([])
         return res
@@ -143,13 +174,16 @@ class Attack:
         self._flags_read = True
         ops.library.raise_if_flagged(device, bool(got[-1]))  # a compaction's out-of-range plan
         got = got[:-1]
-        bad_labels, bad_logits = got[-2], got[-1]
+        bad_x, bad_labels, bad_logits = got[-3:]
+        x, self._x = self._x, None
+        if bad_x:
+            raise ValueError(input_range_message(x, self.clip_min, self.clip_max))
         if bad_labels:
             c = self._classes
             raise ValueError(f"y has labels outside [0, {c}) for a model with {c} classes")
         if bad_logits:
             raise ValueError("model returned non-finite logits (nan or inf) during the attack")
-        return got[:-2]
+        return got[:-3]
 
     def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
                 clean: Optional[Tensor]) -> AttackResult:
@@ -226,8 +260,8 @@ class Attack:
         c = logits.shape[1]
         if self._classes is None:  # the first check sees every label (later ones a subset)
             self._classes = c
-            self._flags[0] |= ((y < 0) | (y >= c)).any()
-        self._flags[1] |= ~torch.isfinite(logits.detach()).all()
+            self._flags[1] |= ((y < 0) | (y >= c)).any()
+        self._flags[2] |= ~torch.isfinite(logits.detach()).all()
         # Until the one host read has vetted the labels, the loss must not index with one out of
         # range (on CUDA that is a device-side assert): it sees them clamped.
         y_loss = y.clamp(0, c - 1)

@@ -30,6 +30,7 @@ from . import formats
 from .dataset import ImageDataset
 from .digits import load_digits
 from .download import DownloadError, download_url, extract_tar
+from .integrity import verify_official
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck"]
@@ -75,7 +76,8 @@ class DatasetInfo:
     num_classes: int
     shape: Tuple[int, int, int]
     splits: Tuple[str, ...]
-    load: Callable[[str, str, bool], ImageDataset]  # (data_dir, split, download) -> dataset
+    # (data_dir, split, download, verify) -> dataset; verify: check the official checksums
+    load: Callable[[str, str, bool, bool], ImageDataset]
     # Default training augmentation: RandomCrop(size, padding) [+ horizontal flip]; None = none.
     augment: Optional[dict] = None
     mean: Tuple[float, ...] = field(default=())
@@ -129,7 +131,7 @@ def _load_idx_dataset(name: str, tv_name: str, mirrors: List[str], classes: List
 
 
 # ---------------------------------------------------------------------------- CIFAR
-def _load_cifar(name: str, data_dir: str, split: str, download: bool) -> ImageDataset:
+def _load_cifar(name: str, data_dir: str, split: str, download: bool, verify: bool) -> ImageDataset:
     if name == "cifar10":
         folder, files = "cifar-10-batches-py", (
             [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"])
@@ -149,18 +151,22 @@ def _load_cifar(name: str, data_dir: str, split: str, download: bool) -> ImageDa
         except DownloadError as e:
             raise _offline_error(name, root, files, [url + " (extract it into data_dir)"], e) from e
         extract_tar(archive, data_dir)
+    for p in paths:
+        verify_official(p, name, verify)  # before unpickling: a planted file is never read
     parts = [formats.read_cifar_batch(p, label_key) for p in paths]
     x = torch.cat([p[0] for p in parts])
     y = torch.cat([p[1] for p in parts])
     meta_path = os.path.join(root, meta)
-    classes = (formats.read_meta_names(meta_path, meta_key) if os.path.isfile(meta_path)
-               else (CIFAR10_CLASSES if k == 10 else None))
+    classes = CIFAR10_CLASSES if k == 10 else None
+    if os.path.isfile(meta_path):
+        verify_official(meta_path, name, verify)
+        classes = formats.read_meta_names(meta_path, meta_key)
     return ImageDataset(x, y, k, name=name, split=split, classes=classes,
                         augment={"padding": 4, "flip": True})
 
 
 # ---------------------------------------------------------------------------- SVHN
-def _load_svhn(data_dir: str, split: str, download: bool) -> ImageDataset:
+def _load_svhn(data_dir: str, split: str, download: bool, verify: bool) -> ImageDataset:
     fname = f"{split}_32x32.mat"
     folder = os.path.join(data_dir, "svhn")
     path = next((p for p in (os.path.join(folder, fname), os.path.join(data_dir, fname))
@@ -181,10 +187,10 @@ def _load_svhn(data_dir: str, split: str, download: bool) -> ImageDataset:
 
 DATASETS: Dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), ("train", "test"),
-                           lambda d, s, dl: _load_cifar("cifar10", d, s, dl), {"padding": 4, "flip": True},
+                           lambda d, s, dl, v: _load_cifar("cifar10", d, s, dl, v), {"padding": 4, "flip": True},
                            (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "cifar100": DatasetInfo("cifar100", 100, (3, 32, 32), ("train", "test"),
-                            lambda d, s, dl: _load_cifar("cifar100", d, s, dl),
+                            lambda d, s, dl, v: _load_cifar("cifar100", d, s, dl, v),
                             {"padding": 4, "flip": True},
                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": DatasetInfo("svhn", 10, (3, 32, 32), ("train", "test", "extra"), _load_svhn,
@@ -192,16 +198,16 @@ DATASETS: Dict[str, DatasetInfo] = {
                         (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     # MNIST-style: no augmentation by default, as in the FAT/TRADES MNIST recipes.
     "mnist": DatasetInfo("mnist", 10, (1, 28, 28), ("train", "test"),
-                         lambda d, s, dl: _load_idx_dataset("mnist", "MNIST", MNIST_MIRRORS,
+                         lambda d, s, dl, v: _load_idx_dataset("mnist", "MNIST", MNIST_MIRRORS,
                                                             [str(i) for i in range(10)], None, d, s, dl),
                          None, (0.1307,), (0.3081,)),
     "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), ("train", "test"),
-                                 lambda d, s, dl: _load_idx_dataset("fashion-mnist", "FashionMNIST",
+                                 lambda d, s, dl, v: _load_idx_dataset("fashion-mnist", "FashionMNIST",
                                                                     FASHION_MIRRORS, FASHION_CLASSES,
                                                                     None, d, s, dl),
                                  None, (0.2860,), (0.3530,)),
     "digits": DatasetInfo("digits", 10, (1, 8, 8), ("train", "test", "all"),
-                          lambda d, s, dl: load_digits(s), None),
+                          lambda d, s, dl, v: load_digits(s), None),
 }
 
 
@@ -210,13 +216,17 @@ def available_datasets() -> List[str]:
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, split: str = "train",
-                 download: bool = True) -> ImageDataset:
+                 download: bool = True, verify: bool = True) -> ImageDataset:
     """Load one split of a dataset as an in-memory :class:`ImageDataset`.
 
     ``name``: ``cifar10``, ``cifar100``, ``svhn``, ``mnist``, ``fashion-mnist``, ``digits``.
     ``split``: ``train`` or ``test`` (``svhn`` also ``extra``; ``digits`` also ``all``).
     ``download``: fetch missing files (md5-verified) from the official URLs; if that is off or
     impossible, a :class:`DownloadError` says which files to put where.
+    ``verify``: check the pickled CIFAR files against their official md5 before reading them
+    (stamped after the first check; see :mod:`fastadv.data.integrity`); ``False`` for CIFAR-format
+    files you made yourself. Pickles are always read by a restricted unpickler that builds data
+    only, never code.
     """
     if not isinstance(name, str) or name.lower() not in DATASETS:
         raise ValueError(f"name: unknown dataset {name!r}; available: {', '.join(available_datasets())}")
@@ -224,7 +234,10 @@ def load_dataset(name: str, data_dir: Optional[str] = None, split: str = "train"
     if split not in info.splits:
         raise ValueError(f"split: {name!r} has splits {', '.join(info.splits)}, got {split!r}")
     data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else default_data_dir()
-    ds = info.load(data_dir, split, download)
+    for opt, v in (("download", download), ("verify", verify)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{opt} must be True or False, got {v!r}")
+    ds = info.load(data_dir, split, download, verify)
     if ds.shape != info.shape:
         raise ValueError(f"{name} ({split}) in {data_dir}: expected images of shape {info.shape}, "
                          f"got {ds.shape}")

@@ -4,17 +4,23 @@
   followed by ``ndim`` uint32 sizes, then the payload (type 0x08 = uint8, the only one used).
 * CIFAR-10/100 **python batches**: a pickle of a dict with ``b'data'`` uint8 [N, 3072] (each row the
   1024 R, then G, then B values, row-major 32×32) and ``b'labels'`` (CIFAR-10) or
-  ``b'fine_labels'``/``b'coarse_labels'`` (CIFAR-100).
+  ``b'fine_labels'``/``b'coarse_labels'`` (CIFAR-100). A pickle can name any function to call, so
+  these are read by :class:`RestrictedUnpickler`, which builds only numpy arrays, bytes, strings,
+  numbers, lists and dicts and refuses everything else (:class:`~fastadv.errors.DataIntegrityError`).
 * SVHN **.mat** (cropped digits, format 2): ``X`` uint8 [32, 32, 3, N], ``y`` [N, 1] with the digit
   0 stored as label 10. Reading it needs SciPy.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
 import pickle
 
 import numpy as np
 import torch
+
+from ..errors import DataIntegrityError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -55,10 +61,73 @@ def read_idx_images_labels(images_path: str, labels_path: str):
             torch.from_numpy(y.astype(np.int64)))
 
 
+# What a CIFAR batch may build besides the pickle machine's own lists, dicts, strings and numbers:
+# a numpy array (numpy's pickle calls _reconstruct(ndarray, shape, dtype), then sets its state),
+# its dtype (protocol 5: _frombuffer(bytes, dtype, shape, order)), and the bytes of a Python 3 protocol-2 pickle (codecs.encode(text, "latin1")).
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's own _reconstruct, wherever numpy keeps it
+
+
+def _ndarray(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to build an array of type {subtype!r}")
+    return _RECONSTRUCT(subtype, shape, dtype)
+
+
+def _dtype(spec, align=False, copy=True):
+    dt = np.dtype(spec, align, copy)
+    if dt.hasobject:  # an object array would unpickle arbitrary objects into its cells
+        raise pickle.UnpicklingError("refusing an object-dtype array")
+    return dt
+
+
+def _frombuffer(buf, dtype, shape, order="C"):  # protocol 5's array (numpy's own _frombuffer)
+    return np.frombuffer(buf, dtype=_dtype(dtype)).reshape(shape, order=order)
+
+
+def _latin1(text, encoding="latin1"):
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"refusing codecs.encode with {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
+_ALLOWED_GLOBALS = {
+    **{(mod, "_reconstruct"): _ndarray for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(mod, "_frombuffer"): _frombuffer for mod in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays (no object dtype), bytes, str, numbers, lists and dicts
+    only; any other global (``os.system``, ``builtins.eval``, a class) raises
+    ``pickle.UnpicklingError`` before it is called (:func:`safe_pickle_load` reports it as a
+    :class:`~fastadv.errors.DataIntegrityError`)."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a dataset pickle holds "
+                                         f"arrays, strings, numbers, lists and dicts only") from None
+
+
+def safe_pickle_load(path: str):
+    """Unpickle ``path`` with :class:`RestrictedUnpickler` (Python 2 pickles: ``str`` as bytes)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # a refused global, a truncated file, or not a pickle at all
+        raise DataIntegrityError(f"{path}: not a dataset pickle fastadv will read ({e})") from None
+
+
 def read_cifar_batch(path: str, label_key: str = "labels"):
     """One CIFAR python batch → (uint8 [N, 3, 32, 32], int64 [N])."""
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")  # official batches are Python 2 pickles of bytes keys
+    d = safe_pickle_load(path)  # official batches are Python 2 pickles of bytes keys
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a CIFAR python batch (a {type(d).__name__}, not a dict)")
     key = label_key.encode()
     if b"data" not in d or key not in d:
         raise ValueError(f"{path}: not a CIFAR python batch with b'data' and b'{label_key}' "
@@ -74,8 +143,9 @@ def read_cifar_batch(path: str, label_key: str = "labels"):
 
 def read_meta_names(path: str, key: str):
     """Class names from a CIFAR ``batches.meta``/``meta`` pickle (``key``: label_names/fine_label_names)."""
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    d = safe_pickle_load(path)
+    if not isinstance(d, dict) or key.encode() not in d:
+        raise ValueError(f"{path}: not a CIFAR meta file with b'{key}'")
     return [n.decode() if isinstance(n, bytes) else str(n) for n in d[key.encode()]]
 
 

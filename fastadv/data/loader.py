@@ -97,6 +97,24 @@ def _resolve_augment(augment, default) -> Optional[dict]:
     raise TypeError(f"augment must be None, bool, str or dict, got {type(augment).__name__}")
 
 
+def unpack_batch(batch):
+    """``(x, y)`` from a loader's batch: a tuple or list ``(x, y, ...)``, or a dict with the images
+    under ``x``/``image``/``images``/``input``/``inputs`` and the labels under
+    ``y``/``label``/``labels``/``target``/``targets``."""
+    if isinstance(batch, dict):
+        x = next((batch[k] for k in ("x", "image", "images", "input", "inputs") if k in batch), None)
+        y = next((batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch), None)
+        if x is None or y is None:
+            raise TypeError(f"batch: a dict needs the images under 'x' (or image(s), "
+                            f"input(s)) and the labels under 'y' (or label(s), target(s)); got "
+                            f"keys {sorted(batch)}")
+        return x, y
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(f"batch: must be (x, y), (x, y, ...) or a dict with 'x' and 'y', got "
+                    f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}")
+
+
 class BatchLoader:
     """Iterate ``(x, y)`` batches: ``x`` float [B, C, H, W] in [0, 1] on ``device``, ``y`` int64.
 

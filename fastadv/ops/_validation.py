@@ -69,7 +69,11 @@ def per_sample(name: str, v, n: int, device: torch.device, dtype: torch.dtype = 
     """A float or a [N] (or 0-dim) tensor, as a contiguous ``dtype`` [N] tensor on ``device``;
     finite and >= 0. With ``check=False`` a tensor's values are not inspected (a host sync)."""
     if not isinstance(v, Tensor):
-        return torch.full((n,), check_number(name, v), dtype=dtype, device=device)
+        v = check_number(name, v)
+        if v > torch.finfo(dtype).max:  # it would become inf in the kernels' compute dtype
+            raise ValueError(f"{name} = {v:g} does not fit {dtype} (at most "
+                             f"{torch.finfo(dtype).max:g}), the dtype the attack computes in")
+        return torch.full((n,), v, dtype=dtype, device=device)
     if not check and v.dtype == dtype and v.shape == (n,) and v.device == device and v.is_contiguous():
         return v  # already what the kernels take (the common case: nothing to convert)
     if v.dim() == 0:

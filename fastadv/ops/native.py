@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .. import _build
+from .._cache import cache_dir
 from . import dispatch
 
 _state: dict = {"loaded": False, "error": None, "source": None, "info": None}
@@ -42,11 +43,6 @@ def _source_dir() -> Optional[Path]:
         if (cand / "ops.cpp").is_file():
             return cand
     return None
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastadv"
 
 
 @contextlib.contextmanager
@@ -79,7 +75,7 @@ def _jit_build() -> None:
         raise RuntimeError("the kernel sources (csrc/) are not installed")
     with_cuda = bool(torch.version.cuda) and _build.find_cuda_home()[0] is not None
     key = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}-{_build.source_hash(src)}"
-    cache = _cache_dir()
+    cache = cache_dir()
     failed, log = cache / f"jit-failed-{key}", cache / f"jit-{key}.log"
     if failed.exists():
         raise RuntimeError(f"the just-in-time build failed before for torch {torch.__version__} and these "

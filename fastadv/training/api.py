@@ -1,8 +1,10 @@
 """``fastadv.train(method=..., tau=..., **options) -> TrainResult``: a whole run from options.
 
-Order of work: validate every option (:func:`~fastadv.training.config.resolve_config`), load the
-data (a missing dataset fails here, before any training), seed, build model/optimizer/loader,
-resume from ``<out_dir>/last.pt`` if asked, then train with a checkpoint every epoch.
+Order of work: validate every option (:func:`~fastadv.training.config.resolve_config`), check and
+lock the run folder (refusing one that holds a run unless resuming or overwriting; a resume reads
+``last.pt`` and continues with its options), load the data (a missing dataset fails here, before
+any training), seed, build model/optimizer/loader, restore the checkpoint, then train with a
+checkpoint every epoch.
 
 Determinism: the model is initialised after ``torch.manual_seed(seed)``; the loader's order and
 augmentation of epoch e depend on ``(seed, e)`` only; the attacks' random starts and dropout draw
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -29,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import RunFolderError, UserError
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, default_out_dir, resolve_config
+from .checkpoint import load_checkpoint, runtime_info
+from .config import TrainConfig, default_out_dir, resolve_config, resume_config
 from .logging import RunLogger
+from .run_folder import RunFolder
 from .schedules import lr_at
 from .trainer import Trainer
 
@@ -71,49 +76,128 @@ def train(method: str = "fat", tau=None, **options) -> TrainResult:
     gair-fat). Options: see :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir,
     model, preset, epochs, batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps,
     omega, random_start, beta, lam, weight_func, gair_start, augment, train_samples, eval_samples,
-    eval_every, seed, device, amp, channels_last, compile, sync_bn, out_dir, resume, progress,
-    verbose). Under ``torchrun`` (``WORLD_SIZE > 1``) the run is distributed (see the module doc).
+    eval_every, seed, device, amp, channels_last, compile, sync_bn, out_dir, resume, overwrite,
+    threads, verify_data, progress, verbose). Under ``torchrun`` (``WORLD_SIZE > 1``) the run is
+    distributed (see the module doc).
 
     ``out_dir=None`` uses ``runs/<dataset>-<method>[-tau<τ>]-s<seed>``; pass ``out_dir=False`` to
-    write nothing (no checkpoints, no logs)."""
+    write nothing (no checkpoints, no logs). The run folder is checked and locked before any work
+    (:mod:`fastadv.training.run_folder`). A folder that already holds a run is refused unless
+    ``resume=True`` (continue it: its own options; only ``epochs`` may grow, and the options of
+    :data:`~fastadv.training.config.RUNTIME_OPTIONS` come from this call) or ``overwrite=True``
+    (delete its files and start again)."""
     if tau is not None:
         options["tau"] = tau
     write = options.get("out_dir", None) is not False
     if options.get("out_dir") is False:
         options["out_dir"] = None
     cfg = resolve_config(method, **options)
-    world = dist_utils.env_world_size() if not dist_utils.is_distributed() else \
-        dist_utils.get_world_size()
-    if world > 1 and cfg.batch_size % world:
-        raise ValueError(f"batch_size: {cfg.batch_size} is the global batch and must be a "
-                         f"multiple of the {world} processes (each trains on batch_size / {world})")
+    explicit = {k for k, v in options.items() if v is not None}
     device, created_group = dist_utils.init_distributed(cfg.device)
+    threads = torch.get_num_threads()
     try:
-        return _train(cfg, write, device)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        return _train(cfg, explicit, write, device)
     finally:
+        torch.set_num_threads(threads)  # the caller's setting again
         if created_group:
             dist_utils.cleanup_distributed()
 
 
-def _train(cfg: TrainConfig, write: bool, device: torch.device) -> TrainResult:
+def _on_main(fn, distributed: bool, main: bool):
+    """``fn()`` on rank 0, its result (or its user error, raised everywhere) shared with every rank."""
+    if not distributed:
+        return fn()
+    result = error = None
+    if main:
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+    result, error = dist_utils.broadcast_object((result, error) if main else None)
+    if error is not None:
+        raise error
+    return result
+
+
+def _claim(folder: RunFolder, cfg: TrainConfig) -> bool:
+    """Lock ``folder`` and decide what this run does with it: True = resume from its last.pt.
+    Refuses a folder that holds a run unless told to resume or overwrite it."""
+    folder.open()
+    files = folder.run_files()
+    if cfg.overwrite:
+        folder.clear()
+        return False
+    if cfg.resume:
+        if "last.pt" in files:
+            return True
+        if files:
+            raise RunFolderError(f"resume: {folder.path} has no last.pt to resume from but holds "
+                                 f"{', '.join(files)}; pass overwrite=True (--overwrite) to "
+                                 f"replace that run")
+        return False
+    if files:
+        raise RunFolderError(f"out_dir: {folder.path} holds a run ({', '.join(files)}); pass "
+                             f"resume=True (--resume) to continue it, overwrite=True (--overwrite) "
+                             f"to replace it, or choose another out_dir (--out-dir)")
+    return False
+
+
+def _load_resume_state(last: str) -> Dict[str, Any]:
+    """Every rank loads ``last``; ranks that cannot see rank 0's file (multi-node without a shared
+    filesystem) receive it from rank 0."""
+    have = dist_utils.all_gather_objects(os.path.isfile(last))
+    if all(have):
+        return load_checkpoint(last)
+    return dist_utils.broadcast_object(load_checkpoint(last) if dist_utils.get_rank() == 0 else None)
+
+
+def _train(cfg: TrainConfig, explicit, write: bool, device: torch.device) -> TrainResult:
+    distributed = dist_utils.is_distributed()
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    main = rank == 0
+    out_dir = (cfg.out_dir or default_out_dir(cfg)) if write else None
+    folder = RunFolder(out_dir) if write else None
+    try:
+        # The folder first: a bad, busy or occupied folder fails before any data or model exists.
+        state = None
+        if folder is not None and _on_main(lambda: _claim(folder, cfg), distributed, main):
+            state = _load_resume_state(folder.file("last.pt"))
+            stored = state.get("config") or {}
+            if stored.get("method", cfg.method) != cfg.method:
+                raise RunFolderError(f"resume: {folder.file('last.pt')} is a "
+                                     f"{stored.get('method')!r} run, not {cfg.method!r}")
+            cfg = resume_config(cfg, explicit, stored, int(state["epoch"]), folder.path)
+        if write:
+            cfg.out_dir = out_dir
+        return _run(cfg, folder, state, device)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str, Any]],
+         device: torch.device) -> TrainResult:
     from ..data import BatchLoader, load_dataset
     distributed = dist_utils.is_distributed()
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     main = rank == 0
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"batch_size: {cfg.batch_size} is the global batch and must be a "
+                         f"multiple of the {world} processes (each trains on batch_size / {world})")
 
-    # Data first: a missing dataset fails before anything else is built. Distributed: rank 0
+    # Data next: a missing dataset fails before anything else is built. Distributed: rank 0
     # loads (downloads) first, the others wait and then read the files it wrote.
     if distributed and not main:
         dist_utils.barrier()
-    train_ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="train", download=cfg.download)
-    test_ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="test", download=cfg.download)
+    data = dict(data_dir=cfg.data_dir, download=cfg.download, verify=cfg.verify_data)
+    train_ds = load_dataset(cfg.dataset, split="train", **data)
+    test_ds = load_dataset(cfg.dataset, split="test", **data)
     if distributed and main:
         dist_utils.barrier()
     if cfg.train_samples is not None:
         train_ds = train_ds.subset(slice(0, cfg.train_samples))
-    out_dir = (cfg.out_dir or default_out_dir(cfg)) if write else None
-    if write:
-        cfg.out_dir = out_dir
 
     seed_everything(cfg.seed)
     model = build_model(cfg, train_ds.num_classes, train_ds.shape[0])
@@ -123,6 +207,8 @@ def _train(cfg: TrainConfig, write: bool, device: torch.device) -> TrainResult:
         seed_everything(dist_utils.rank_seed(cfg.seed, rank))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
+    if folder is not None and main:
+        _check_free_space(folder, model, cfg.momentum > 0)
     if distributed:
         loader = dist_utils.ShardedBatchLoader(
             train_ds, batch_size=cfg.batch_size // world, shuffle=True, augment=cfg.augment,
@@ -132,7 +218,8 @@ def _train(cfg: TrainConfig, write: bool, device: torch.device) -> TrainResult:
                              device=device, seed=cfg.seed, channels_last=cfg.channels_last)
     n_eval = len(test_ds) if cfg.eval_samples is None else min(cfg.eval_samples, len(test_ds))
     test_data = test_ds.subset(slice(0, n_eval))  # a fixed subset: the same images every epoch
-    logger = RunLogger(out_dir if main else None, verbose=cfg.verbose and main)
+    logger = RunLogger(folder.path if folder is not None and main else None,
+                       verbose=cfg.verbose and main)
     meta = {"model": cfg.model, "num_classes": train_ds.num_classes,
             "in_channels": train_ds.shape[0], "dataset": cfg.dataset, "eps": cfg.eps,
             "method": cfg.method}
@@ -147,35 +234,62 @@ def _train(cfg: TrainConfig, write: bool, device: torch.device) -> TrainResult:
                       random_start="method" if cfg.random_start is None else cfg.random_start,
                       distributed=distributed, sync_bn=cfg.sync_bn)
 
-    last = os.path.join(out_dir, "last.pt") if out_dir else None
-    if cfg.resume:
-        # Every rank loads the checkpoint; ranks that cannot see rank 0's file (multi-node
-        # without a shared filesystem) receive it from rank 0.
-        have = dist_utils.all_gather_objects(bool(last and os.path.isfile(last)))
-        if have[0]:
-            if all(have):
-                state = trainer.load_checkpoint(last)
-            else:
-                state = trainer.load_checkpoint(dist_utils.broadcast_object(
-                    load_checkpoint(last) if main else None))
-            if state.get("config") and state["config"].get("method") != cfg.method:
-                raise ValueError(f"resume: {last} is a {state['config'].get('method')!r} run, "
-                                 f"not {cfg.method!r}")
-            logger.print(f"resumed from {last} after epoch {trainer.epoch}")
-        else:
-            logger.print(f"resume: no checkpoint at {last}; starting from scratch")
+    last = folder.file("last.pt") if folder is not None else None
+    if state is not None:
+        trainer.load_checkpoint(state, source=last)
+        logger.print(f"resumed from {last} after epoch {trainer.epoch}")
+        for note in _resume_notes(state, cfg, device):
+            logger.print(f"resume: {note}")
+    elif cfg.resume:
+        logger.print(f"resume: no checkpoint at {last}; starting from scratch")
     logger.print(_banner(cfg, train_ds, n_eval, device, world))
     if trainer.history:
         logger.write(trainer.history)  # the files match the checkpoint, whatever was there
     trainer.fit(loader, test_data, cfg.epochs, eval_every=cfg.eval_every,
-                eval_samples=None, eval_batch_size=cfg.eval_batch_size, out_dir=out_dir,
+                eval_samples=None, eval_batch_size=cfg.eval_batch_size, out_dir=folder,
                 loader_state=loader.state_dict)
     _summary(logger, trainer, cfg)
-    best = os.path.join(out_dir, "best.pt") if out_dir else None
-    return TrainResult(model=trainer.model, history=trainer.history, config=cfg, out_dir=out_dir,
+    best = folder.file("best.pt") if folder is not None else None
+    return TrainResult(model=trainer.model, history=trainer.history, config=cfg,
+                       out_dir=cfg.out_dir if folder is not None else None,
                        last_checkpoint=last if last and os.path.isfile(last) else None,
                        best_checkpoint=best if best and os.path.isfile(best) else None,
                        best_pgd20=trainer.best_pgd20)
+
+
+def _resume_notes(state: Dict[str, Any], cfg: TrainConfig, device) -> List[str]:
+    """What differs from the process that wrote the checkpoint, where it matters for exactness."""
+    notes = []
+    stored_epochs = (state.get("config") or {}).get("epochs")
+    if stored_epochs is not None and stored_epochs != cfg.epochs:
+        notes.append(f"the run now ends after {cfg.epochs} epochs instead of {stored_epochs} (its "
+                     f"lr and tau schedules follow the new length from here on)")
+    was, now = state.get("runtime") or {}, runtime_info(device)
+    if was.get("threads") is not None and was["threads"] != now["threads"]:
+        notes.append(f"the checkpoint was written with {was['threads']} CPU threads and this "
+                     f"process uses {now['threads']}: the rest of the run is deterministic, but "
+                     f"not bit-identical to an uninterrupted run (threads={was['threads']} / "
+                     f"--threads {was['threads']} matches it)")
+    for key, what in (("device", "device"), ("device_name", "GPU"), ("torch", "torch version")):
+        if was.get(key) is not None and was[key] != now[key]:
+            notes.append(f"the checkpoint was written on {what} {was[key]} and this process runs "
+                         f"on {now[key]}: not bit-identical to an uninterrupted run")
+    return notes
+
+
+def _check_free_space(folder: RunFolder, model: nn.Module, momentum: bool) -> None:
+    """Refuse to start when the disk cannot hold this run's checkpoints: last.pt and best.pt, plus
+    the temporary file of a save (the model's tensors, and SGD's momentum buffers)."""
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    size += sum(p.numel() * p.element_size() for p in model.parameters()) if momentum else 0
+    present = [n for n in ("last.pt", "best.pt") if os.path.isfile(folder.file(n))]
+    need = size * (3 - len(present))
+    free = shutil.disk_usage(folder.path).free
+    if free < need:
+        raise RunFolderError(f"out_dir: only {free / 2**20:.1f} MB free on the disk of "
+                             f"{folder.path}; this run needs about {need / 2**20:.1f} MB for its "
+                             f"checkpoints (last.pt, best.pt and a temporary copy while saving); "
+                             f"free some space or choose another out_dir (--out-dir)")
 
 
 def _plain(d: Dict[str, Any]) -> Dict[str, Any]:

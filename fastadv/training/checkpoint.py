@@ -5,9 +5,12 @@ so ``weights_only=True`` loads it:
 
 ``model`` (state dict), ``optimizer``, ``scheduler`` (state dict or None), ``epoch`` (epochs
 completed), ``rng`` (torch CPU, CUDA, numpy, python), ``loader`` (the loader's state), ``history``,
-``config``, ``best_pgd20``, ``meta``, ``world_size`` and ``rng_per_rank`` (every DDP rank's RNG
-states, rank order; None for a single process) (model name, classes, input shape: enough for ``fastadv eval``).
-Writes go to ``<path>.tmp`` then ``os.replace``: a crash leaves the previous file intact.
+``config``, ``best_pgd20``, ``meta`` (model name, classes, input shape: enough for
+``fastadv eval``), ``world_size``, ``rng_per_rank`` (every DDP rank's RNG states, rank order; None
+for a single process) and ``runtime`` (torch's thread count, the device and the torch version: a
+resume on another machine says that it is not bit-exact).
+Writes go to a uniquely named temporary file, then ``os.replace``
+(:func:`~fastadv.training.run_folder.atomic_write`): a crash leaves the previous file intact.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+from ..errors import CheckpointError
+from .run_folder import atomic_write
 
 
 def rng_state(cuda_device=None) -> Dict[str, Any]:
@@ -56,22 +62,58 @@ def set_rng_state(state: Dict[str, Any], cuda_device=None) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path.tmp``, fsync, then ``os.replace`` (atomic on POSIX and Windows)."""
+    """``torch.save`` through :func:`~fastadv.training.run_folder.atomic_write`: a unique temporary
+    file, fsync, then ``os.replace``; a failure (a full disk) leaves ``path`` as it was."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``)."""
+    """Load a fastadv checkpoint safely (``weights_only=True``: tensors and plain data only, never
+    code). A missing, empty, truncated or foreign file raises :class:`CheckpointError` (one line)."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no file at {path!r}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # empty, cut short, not a torch file, or a pickle of code
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint: {path} cannot be read ({type(e).__name__}: "
+                              f"{reason[:160]}); it is truncated, damaged or not a fastadv "
+                              f"checkpoint") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or \
+            not str(state.get("format", "")).startswith("fastadv-checkpoint"):
+        raise CheckpointError(f"checkpoint: {path} is not a fastadv checkpoint (written by fastadv "
+                              f"train, with 'format' and 'model' entries)")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state_dict: Dict[str, Any], source: str) -> None:
+    """``model.load_state_dict(state_dict)``, or a one-line :class:`CheckpointError` saying how the
+    checkpoint's architecture differs (missing, unexpected and mis-shaped entries)."""
+    model = unwrap(model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        raise CheckpointError(f"checkpoint: {source} holds the weights of another architecture than "
+                              f"this {type(model).__name__}: {', '.join(parts)}; pass the model it "
+                              f"was trained with")
+    model.load_state_dict(state_dict)
+
+
+def runtime_info(device=None) -> Dict[str, Any]:
+    """What makes a run bit-exact on one machine and not another: torch's CPU thread count, the
+    device (and GPU name) and the torch version."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"threads": torch.get_num_threads(), "device": str(device), "device_name": name,
+            "torch": str(torch.__version__)}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -83,7 +125,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def make_checkpoint(*, model, optimizer, scheduler=None, epoch: int, history, config: Optional[dict],
                     loader_state: Optional[dict] = None, best_pgd20: Optional[float] = None,
                     meta: Optional[dict] = None, rng: Optional[Dict[str, Any]] = None,
-                    rng_per_rank: Optional[list] = None, world_size: int = 1) -> Dict[str, Any]:
+                    rng_per_rank: Optional[list] = None, world_size: int = 1,
+                    runtime: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The checkpoint dict. ``rng``: default the calling process's states. Distributed runs (rank 0
     writes) pass ``rng_per_rank``, every rank's states in rank order, and ``world_size``."""
     return {
@@ -100,4 +143,5 @@ def make_checkpoint(*, model, optimizer, scheduler=None, epoch: int, history, co
         "config": config,
         "best_pgd20": best_pgd20,
         "meta": meta or {},
+        "runtime": runtime if runtime is not None else runtime_info(),
     }

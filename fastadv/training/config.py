@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 
+from ..errors import UserError
+
 # --------------------------------------------------------------------------------- methods
 
 
@@ -164,7 +166,10 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False                       # DDP: SyncBatchNorm (CUDA) instead of per-rank BN
     out_dir: Optional[str] = None               # run folder (default runs/<dataset>-<method>...)
-    resume: bool = False
+    resume: bool = False                        # continue the run in out_dir (its own options)
+    overwrite: bool = False                     # replace the run in out_dir (its files are deleted)
+    threads: Optional[int] = None               # torch's CPU threads for this run (None: as set)
+    verify_data: bool = True                    # check the official checksums of pickled datasets
     progress: Optional[bool] = None             # None: a tqdm bar only when stdout is a terminal
     verbose: bool = True                        # print the per-epoch table
 
@@ -173,9 +178,18 @@ class TrainConfig:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+BOOL_OPTIONS = ("download", "channels_last", "compile", "sync_bn", "resume", "overwrite", "verbose",
+                "verify_data")
+# Where and how a run executes, not what it trains or measures: a resume takes these from the
+# call that resumes, never from the checkpoint (a path or device stored there is not followed).
+RUNTIME_OPTIONS = ("data_dir", "download", "verify_data", "device", "progress", "verbose",
+                   "threads", "eval_batch_size", "out_dir", "resume", "overwrite")
+# The one recipe option a resume may change: more epochs extend the run (the lr and τ schedules
+# then follow the new length from the next epoch on).
+RESUME_CHANGEABLE = ("epochs",)
 
 
-def _fail(option: str, msg: str, exc=ValueError):
+def _fail(option: str, msg: str, exc=UserError):
     raise exc(f"{option}: {msg}")
 
 
@@ -225,6 +239,12 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
     explicit = {k for k, v in options.items() if v is not None}
     defaults = dict(DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["cifar10"]))
     if cfg.preset == "paper":
+        shape = DATASETS[cfg.dataset].shape
+        if shape != (3, 32, 32):
+            _fail("preset", f"'paper' is the papers' CIFAR-10 recipe ({PAPER_PRESETS[method]['model']}, "
+                            f"{PAPER_PRESETS[method]['epochs']} epochs) and does not fit "
+                            f"{cfg.dataset} ({'×'.join(map(str, shape))} images); use the dataset's "
+                            f"defaults (no preset)")
         defaults.update(PAPER_PRESETS[method])
     for key, value in defaults.items():
         if key not in explicit:
@@ -255,8 +275,15 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
                                   f"own), got {rs!r}")
         else:
             cfg.random_start = rs.lower()
-    if not isinstance(cfg.sync_bn, bool):
-        _fail("sync_bn", f"must be a bool, got {cfg.sync_bn!r}", TypeError)
+    for opt in BOOL_OPTIONS:  # resume="no" would be truthy: only True and False are accepted
+        if not isinstance(getattr(cfg, opt), bool):
+            _fail(opt, f"must be True or False, got {getattr(cfg, opt)!r}", TypeError)
+    if cfg.progress is not None and not isinstance(cfg.progress, bool):
+        _fail("progress", f"must be True, False or None (automatic), got {cfg.progress!r}", TypeError)
+    if cfg.resume and cfg.overwrite:
+        _fail("overwrite", "and resume=True contradict each other: resume continues the run in "
+                           "out_dir, overwrite replaces it")
+    _check_number("threads", cfg.threads, minimum=1, integer=True, allow_none=True)
     if not spec.has_tau:
         cfg.tau = None
         cfg.omega = None
@@ -285,12 +312,19 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
     if spec.gair:
         cfg.gair_start = cfg.epochs // 2 if cfg.gair_start is None else cfg.gair_start
         _check_number("gair_start", cfg.gair_start, minimum=0, integer=True)
+        if cfg.gair_start >= cfg.epochs:
+            _fail("gair_start", f"{cfg.gair_start} is not before the end of the {cfg.epochs} epochs "
+                                f"(0-based: the first reweighted epoch), so {method} would never "
+                                f"reweight; use 0 … {cfg.epochs - 1}")
     _check_number("batch_size", cfg.batch_size, minimum=1, integer=True)
     _check_number("lr", cfg.lr, minimum=0, strict=True)
     _check_number("momentum", cfg.momentum, minimum=0)
     _check_number("weight_decay", cfg.weight_decay, minimum=0)
-    _check_number("eps", cfg.eps, minimum=0)
-    _check_number("alpha", cfg.alpha, minimum=0)
+    for opt in ("eps", "alpha"):  # images are in [0, 1]: a step or radius above 1 is a slip
+        _check_number(opt, getattr(cfg, opt), minimum=0)
+        if getattr(cfg, opt) > 1:
+            _fail(opt, f"{getattr(cfg, opt):g} is larger than the whole [0, 1] pixel range; did "
+                       f"you mean {getattr(cfg, opt):g}/255 = {getattr(cfg, opt) / 255:.4g}?")
     _check_number("steps", cfg.steps, minimum=1, integer=True)
     _check_number("train_samples", cfg.train_samples, minimum=1, integer=True, allow_none=True)
     _check_number("eval_samples", cfg.eval_samples, minimum=1, integer=True, allow_none=True)
@@ -322,6 +356,31 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
         if dev.type == "cuda" and not torch.cuda.is_available():
             _fail("device", f"{cfg.device!r} requested but CUDA is not available")
     return cfg
+
+
+def resume_config(cfg: TrainConfig, explicit, stored: Dict[str, Any], epochs_done: int,
+                  where: str) -> TrainConfig:
+    """The config of a resumed run: the stored run's recipe, with this call's runtime options
+    (:data:`RUNTIME_OPTIONS`) and, if given, more ``epochs``. ``explicit``: the options this call
+    set. An explicit recipe option that differs from the stored run's raises, listing every one."""
+    recipe = {k: v for k, v in stored.items()
+              if k in OPTION_NAMES and k not in RUNTIME_OPTIONS and k != "method"}
+    plain = {k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+             for k, v in cfg.to_dict().items()}
+    changed = [f"{k}={plain[k]!r} (the run: {recipe[k]!r})" for k in sorted(explicit)
+               if k in recipe and k not in RESUME_CHANGEABLE and plain[k] != recipe[k]]
+    if changed:
+        _fail("resume", f"{', '.join(changed)} differ from the run in {where}; a resume continues "
+                        f"the run as it was started and may change only epochs (to extend it) and "
+                        f"{', '.join(o for o in RUNTIME_OPTIONS if o not in ('out_dir', 'resume', 'overwrite'))}; "
+                        f"start a new run in another out_dir, or pass overwrite=True to replace it")
+    options = {k: v for k, v in recipe.items() if k not in explicit}
+    options.update({k: getattr(cfg, k) for k in explicit if k in OPTION_NAMES and k != "method"})
+    merged = resolve_config(cfg.method, **options)
+    if merged.epochs < epochs_done:
+        _fail("epochs", f"the run in {where} has done {epochs_done} epochs; epochs={merged.epochs} "
+                        f"would end before where it stands (more epochs extend it)")
+    return merged
 
 
 def default_out_dir(cfg: TrainConfig) -> str:

@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Any, Dict, Iterable, List, Optional
 
+from .run_folder import atomic_write
+
 # (key, header, width, format): the columns printed per epoch; every key goes to CSV/JSON.
 COLUMNS = [
     ("epoch", "epoch", 5, "d"), ("lr", "lr", 8, ".4g"), ("tau", "tau", 3, ""), ("lam", "lam", 5, ".3g"),
@@ -58,10 +60,7 @@ def progress_bar(iterable: Iterable, total: int, enabled: bool, desc: str = ""):
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class RunLogger:

@@ -33,12 +33,16 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .checkpoint import (load_checkpoint, make_checkpoint, atomic_save, rng_state, set_rng_state,
-                         unwrap)
+from ..attacks.base import explain_dtype_errors, input_range_message
+from ..errors import CheckpointError, NonFiniteLossError, RunFolderError
+from .checkpoint import (atomic_save, load_checkpoint, load_model_state, make_checkpoint,
+                         rng_state, runtime_info, set_rng_state, unwrap)
 from .config import METHODS, WEIGHT_FUNCS
 from . import distributed as dist_utils
 from .logging import RunLogger, progress_bar, use_progress
 from .objectives import ce_loss, mart_loss, trades_loss
+from ..data.loader import unpack_batch
+from .run_folder import RunFolder
 from .schedules import lam_at, tau_at
 
 
@@ -47,6 +51,24 @@ def _finite_number(name: str, value, minimum=None, strict=False):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and (value < minimum or (strict and value == minimum)):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+def _check_optimizer_fits(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """An optimizer built for another model would step parameters nobody uses: refuse it."""
+    own = {id(p) for p in model.parameters() if p.requires_grad}
+    stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    if own and not own & stepped:
+        raise ValueError(f"optimizer: updates none of the model's {len(own)} trainable parameter "
+                         f"tensors (was it built for another model, or before the model was "
+                         f"replaced?); build it from this model's parameters()")
+
+
+def _located(e: Exception, where: str) -> Exception:
+    """``e`` again (same type) with ``where`` in front of its message."""
+    try:
+        return type(e)(f"{where}: {e}")
+    except Exception:  # an exception type that needs other arguments: keep it as it is
+        return e
 
 
 class Trainer:
@@ -89,8 +111,17 @@ class Trainer:
             raise ValueError(f"method: unknown {method!r}; available: {', '.join(METHODS)}")
         self.method = method.lower()
         self.spec = METHODS[self.method]
-        _finite_number("eps", eps, 0)
-        _finite_number("alpha", alpha, 0)
+        for name, v in (("eps", eps), ("alpha", alpha)):
+            _finite_number(name, v, 0)
+            if v > 1:  # the attacks clip to [0, 1]: a radius or step above 1 is a slip
+                raise ValueError(f"{name}: {v:g} is larger than the whole [0, 1] pixel range; did "
+                                 f"you mean {v:g}/255 = {v / 255:.4g}?")
+        for name, v in (("channels_last", channels_last), ("compile", compile), ("sync_bn", sync_bn)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be True or False, got {v!r}")
+        if distributed is not None and not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be True, False or None (automatic), got {distributed!r}")
+        _check_optimizer_fits(optimizer, model)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         if self.spec.has_tau:
@@ -218,12 +249,31 @@ class Trainer:
     def train_step(self, x: Tensor, y: Tensor) -> Dict[str, Any]:
         """One training step on the batch ``(x, y)`` (x in [0, 1]). Returns ``loss``,
         ``nat_correct``, ``adv_correct`` (0-dim tensors: no host synchronisation; ``None`` where
-        not measured), ``n``, ``bp`` (Σ PGD updates) and ``bp_executed`` (Σ checks)."""
+        not measured), ``n``, ``bp`` (Σ PGD updates) and ``bp_executed`` (Σ checks).
+
+        An empty batch is skipped (no update). A loss that is not finite (NaN or inf data, a
+        diverging lr) raises :class:`~fastadv.errors.NonFiniteLossError` before the update, so
+        the weights stay finite; x outside [0, 1] raises, naming its range."""
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise TypeError(f"train_step takes tensors x and y, got {type(x).__name__} and "
+                            f"{type(y).__name__}")
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating point in [0, 1], got {x.dtype} (uint8 images: "
+                            f"divide by 255)")
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         n = x.shape[0]
+        if n == 0:  # nothing to learn from: no forward, no optimizer step (weight decay!)
+            zero = torch.zeros((), dtype=torch.int64, device=self.device)
+            return {"loss": torch.zeros((), device=self.device), "nat_correct": zero,
+                    "adv_correct": zero.clone() if self.attack is not None else None, "n": 0,
+                    "bp": 0, "bp_executed": 0}
+        with explain_dtype_errors(self.model, x):
+            return self._train_step(x, y, n)
+
+    def _train_step(self, x: Tensor, y: Tensor, n: int) -> Dict[str, Any]:
         res = None
         if self.attack is not None:
             with self._autocast():
@@ -247,6 +297,18 @@ class Trainer:
                 fn = trades_loss if self.spec.objective == "trades" else mart_loss
                 loss = fn(logits_nat, logits_adv, y, self.beta)
                 nat_correct = (logits_nat.detach().argmax(1) == y).sum()
+        # One host read per step (the attacks already make one): stop before a NaN update. Without
+        # an attack, whose own read checks x's range, the range is checked here too.
+        bad = [~torch.isfinite(loss.detach())]
+        if res is None:
+            bad.append(~((x >= 0) & (x <= 1)).all())
+        bad_loss, *bad_x = torch.stack(bad).tolist()
+        if bad_x and bad_x[0]:
+            raise ValueError(input_range_message(x, 0.0, 1.0))
+        if bad_loss:
+            raise NonFiniteLossError(f"the training loss is {float(loss.detach()):g}: the data holds NaN or "
+                                     f"inf, or the lr ({self.optimizer.param_groups[0]['lr']:g}) "
+                                     f"makes training diverge; the weights were not updated")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -289,10 +351,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        for batch in progress_bar(loader, total, use_progress(self.progress) and self.rank == 0,
-                                  desc=f"epoch {epoch + 1}"):
-            x, y = batch[0], batch[1]
-            s = self.train_step(x, y)
+        for b, batch in enumerate(progress_bar(loader, total, use_progress(self.progress)
+                                               and self.rank == 0, desc=f"epoch {epoch + 1}")):
+            x, y = unpack_batch(batch)
+            try:
+                s = self.train_step(x, y)
+            except ValueError as e:  # bad data or a diverging loss: say where
+                raise _located(e, f"epoch {epoch + 1}, batch {b + 1}") from e
             loss_sum += s["loss"].double() * s["n"]
             nat += s["nat_correct"]
             if s["adv_correct"] is not None:
@@ -352,45 +417,79 @@ class Trainer:
     # ------------------------------------------------------------------ the whole run
     def fit(self, train_loader: Iterable, test_data=None, epochs: Optional[int] = None, *,
             eval_every: int = 1, eval_samples: Optional[int] = None, eval_batch_size: int = 256,
-            out_dir: Optional[str] = None, loader_state: Optional[Callable[[], dict]] = None
-            ) -> List[Dict[str, Any]]:
+            out_dir=None, loader_state: Optional[Callable[[], dict]] = None,
+            overwrite: bool = False) -> List[Dict[str, Any]]:
         """Train from ``self.epoch`` (0, or where a loaded checkpoint stopped) to ``epochs``.
 
         Evaluates natural/PGD-20 accuracy on ``test_data`` (its first ``eval_samples``) every
-        ``eval_every`` epochs and after the last one. With ``out_dir``, writes ``last.pt`` every
-        epoch and ``best.pt`` whenever PGD-20 accuracy improves (atomically), plus the CSV/JSON
-        history. Returns the history (one dict per epoch)."""
+        ``eval_every`` epochs and after the last one. With ``out_dir`` (a path or a
+        :class:`~fastadv.training.run_folder.RunFolder`), writes ``last.pt`` every epoch and
+        ``best.pt`` whenever PGD-20 accuracy improves (atomically), plus the CSV/JSON history; the
+        folder is locked while ``fit`` runs, and one that holds another run is refused when this
+        trainer starts from scratch (continue it with :meth:`load_checkpoint` first, or pass
+        ``overwrite=True``). Returns the history (one dict per epoch)."""
         epochs = self.epochs if epochs is None else epochs
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
         self.epochs = epochs
         main = self.rank == 0
-        logger = self.logger or RunLogger(out_dir if main else None, verbose=False)
-        for epoch in range(self.epoch, epochs):
-            row = self.train_epoch(train_loader, epoch)
-            if test_data is not None and eval_every and ((epoch + 1) % eval_every == 0
-                                                         or epoch + 1 == epochs):
-                t0 = time.perf_counter()
-                row.update(self.evaluate(test_data, max_samples=eval_samples,
-                                         batch_size=eval_batch_size))
-                row["eval_seconds"] = time.perf_counter() - t0
-            self.history.append(row)
-            self.epoch = epoch + 1
-            improved = row["test_pgd20_acc"] is not None and (
-                self.best_pgd20 is None or row["test_pgd20_acc"] > self.best_pgd20)
-            if improved:
-                self.best_pgd20 = row["test_pgd20_acc"]
-            if out_dir:
-                ckpt = self._checkpoint(loader_state() if loader_state else None)
-                if main:
-                    if improved:
-                        atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
-                    atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
-            if main:
-                logger.log_epoch(row, self.history)
-        if self.distributed:
-            dist_utils.barrier()  # rank 0's files exist for everyone when fit returns
+        folder, own_folder = out_dir, False
+        if out_dir is not None and not isinstance(out_dir, RunFolder):
+            folder, own_folder = RunFolder(out_dir), main
+        try:
+            if own_folder:
+                folder.open()
+                files = folder.run_files()
+                if files and overwrite:
+                    folder.clear()
+                elif files and self.epoch == 0:
+                    raise RunFolderError(
+                        f"out_dir: {folder.path} holds a run ({', '.join(files)}); continue it with "
+                        f"trainer.load_checkpoint({folder.file('last.pt')!r}) before fit, pass "
+                        f"overwrite=True to replace it, or choose another out_dir")
+            logger = self.logger or RunLogger(folder.path if folder is not None and main else None,
+                                              verbose=False)
+            for epoch in range(self.epoch, epochs):
+                self._fit_epoch(epoch, epochs, train_loader, test_data, eval_every, eval_samples,
+                                eval_batch_size, folder, loader_state, logger)
+            if self.distributed:
+                dist_utils.barrier()  # rank 0's files exist for everyone when fit returns
+        finally:
+            if own_folder:
+                folder.close()
         return self.history
+
+    def _fit_epoch(self, epoch, epochs, train_loader, test_data, eval_every, eval_samples,
+                   eval_batch_size, folder: Optional[RunFolder], loader_state, logger) -> None:
+        main = self.rank == 0
+        row = self.train_epoch(train_loader, epoch)
+        if test_data is not None and eval_every and ((epoch + 1) % eval_every == 0
+                                                     or epoch + 1 == epochs):
+            t0 = time.perf_counter()
+            row.update(self.evaluate(test_data, max_samples=eval_samples,
+                                     batch_size=eval_batch_size))
+            row["eval_seconds"] = time.perf_counter() - t0
+        self.history.append(row)
+        self.epoch = epoch + 1
+        improved = row["test_pgd20_acc"] is not None and (
+            self.best_pgd20 is None or row["test_pgd20_acc"] > self.best_pgd20)
+        if improved:
+            self.best_pgd20 = row["test_pgd20_acc"]
+        if folder is not None:
+            ckpt = self._checkpoint(loader_state() if loader_state else None)
+            if main:
+                try:
+                    if improved:
+                        atomic_save(ckpt, folder.file("best.pt"))
+                    atomic_save(ckpt, folder.file("last.pt"))
+                except RunFolderError as e:
+                    kept = (f"last.pt still holds epoch {epoch}, so resume=True (--resume) "
+                            f"continues from there" if epoch else "no epoch was saved")
+                    raise RunFolderError(f"{e}; {kept} once the disk has room") from e
+        if main:
+            logger.log_epoch(row, self.history)
 
     def _cuda_device(self):
         return self.device if self.device.type == "cuda" and self.distributed else None
@@ -408,7 +507,7 @@ class Trainer:
                                config=self.config, loader_state=loader_state,
                                best_pgd20=self.best_pgd20, meta=self.meta,
                                rng=rngs[0] if rngs else None, rng_per_rank=rngs,
-                               world_size=self.world_size)
+                               world_size=self.world_size, runtime=runtime_info(self.device))
 
     def _check_loader(self, loader) -> None:
         """Distributed: every rank must run the same number of steps (else DDP hangs)."""
@@ -430,15 +529,29 @@ class Trainer:
         """The checkpoint dict (distributed: a collective; rank 0 gets it, the others None)."""
         return self._checkpoint()
 
-    def load_checkpoint(self, path_or_state, restore_rng: bool = True) -> Dict[str, Any]:
+    def load_checkpoint(self, path_or_state, restore_rng: bool = True,
+                        source: Optional[str] = None) -> Dict[str, Any]:
         """Restore model, optimizer, scheduler, epoch, history, best and (by default) every RNG
-        from a checkpoint written by :meth:`fit` (a path or the loaded dict)."""
+        from a checkpoint written by :meth:`fit` (a path or the loaded dict; ``source`` names a
+        dict's file in errors). A checkpoint of another architecture or optimizer raises
+        :class:`~fastadv.errors.CheckpointError` in one line, before anything is changed."""
         # Loaded on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        state = (load_checkpoint(path_or_state, map_location="cpu")
-                 if isinstance(path_or_state, (str, os.PathLike)) else path_or_state)
-        unwrap(self.model).load_state_dict(state["model"])
-        if state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(path_or_state, (str, os.PathLike)):
+            source = os.fspath(path_or_state)
+            state = load_checkpoint(path_or_state, map_location="cpu")
+        else:
+            state, source = path_or_state, source or "the checkpoint"
+        opt_state = state.get("optimizer")
+        if opt_state is not None:
+            mine = [len(g["params"]) for g in self.optimizer.state_dict()["param_groups"]]
+            theirs = [len(g.get("params", ())) for g in opt_state.get("param_groups", ())]
+            if mine != theirs:
+                raise CheckpointError(f"checkpoint: {source} holds the state of an optimizer over "
+                                      f"{theirs} parameter tensors (per group), this optimizer "
+                                      f"has {mine}; build it as the checkpoint's run did")
+        load_model_state(self.model, state["model"], source)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
