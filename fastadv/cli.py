@@ -3,6 +3,7 @@
     fastadv train --method fat --tau 1 [--dataset digits --epochs 10 ...]   train, per-epoch table
     fastadv eval CHECKPOINT [--attacks natural fgsm pgd20 cw30 --any-iterate]  robustness table
     fastadv plot RUN_DIR [--out curves.png]                                  accuracy + BP curves
+    fastadv compare RUN_DIR... [--out compare.png]                           runs side by side
 
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=8 -m fastadv train ...`` (and ``eval``):
 every process joins the process group from torchrun's environment (NCCL on GPUs, gloo on CPUs);
@@ -60,7 +61,38 @@ def _augment(text: str):
         return None
     if low in ("true", "default", "on", "yes"):
         return True
-    return text
+    if low not in ("crop-flip", "crop", "flip"):
+        raise argparse.ArgumentTypeError(f"unknown augmentation {text!r}; use default, none, "
+                                          f"crop-flip, crop or flip")
+    return low
+
+
+def _datasets():
+    from .data import available_datasets
+    return available_datasets()
+
+
+def _models():
+    from .models import available_models
+    return available_models()
+
+
+def _train_epilog() -> str:
+    """The per-dataset defaults, as a table (argparse's help lists options, not these)."""
+    from .training.config import DATASET_DEFAULTS
+    rows = ["per-dataset defaults:",
+            f"  {'dataset':<14} {'model':<16} {'eps':>7} {'alpha':>7} {'epochs':>6} {'lr':>6}"]
+    for name in _datasets():
+        d = DATASET_DEFAULTS[name]
+        rows.append(f"  {name:<14} {d['model']:<16} {d['eps']:>7.4g} {d['alpha']:>7.4g} "
+                    f"{d['epochs']:>6} {d['lr']:>6g}")
+    rows += ["  (cifar10/cifar100/svhn: eps = 8/255, alpha = 2/255; digits: eps 0.2 is 3.2 of its",
+             "  16 grey levels, where an undefended model falls to ~0% PGD accuracy)",
+             "", "examples:",
+             "  fastadv train --method fat --tau 1                  # FAT on the bundled digits",
+             "  fastadv train --method at --dataset cifar10 --device cuda --amp bf16",
+             "  fastadv train --resume --out-dir runs/digits-fat-tau1-s0 --epochs 30"]
+    return "\n".join(rows)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,78 +104,149 @@ def _parser() -> argparse.ArgumentParser:
                         help="show the full traceback of an error instead of one line")
 
     t = sub.add_parser("train", help="train a model (per-epoch table, checkpoints, CSV/JSON log)",
-                       parents=[common])
-    t.add_argument("--method", default="fat", choices=list(METHODS))
-    t.add_argument("--tau", type=_tau, default=None, help="int or 'dynamic' (fat* methods; default 1)")
-    t.add_argument("--dataset", default="digits")
-    t.add_argument("--data-dir", default=None)
-    t.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
-                   help="fetch a missing dataset from its official URL (default: yes)")
-    t.add_argument("--verify-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="check pickled CIFAR files against the official checksums (default: yes)")
-    t.add_argument("--model", default=None, help="default: small_cnn (digits/mnist), preact_resnet18")
-    t.add_argument("--preset", default=None, choices=["paper"])
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=_number, default=None)
-    t.add_argument("--lr-schedule", default=None, choices=list(LR_SCHEDULES))
-    t.add_argument("--momentum", type=_number, default=None)
-    t.add_argument("--weight-decay", type=_number, default=None)
-    t.add_argument("--eps", type=_number, default=None, help="e.g. 8/255")
-    t.add_argument("--alpha", type=_number, default=None)
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--omega", type=_number, default=None)
-    t.add_argument("--random-start", default=None, choices=["uniform", "normal", "none"],
-                   help="override the method's random start (default: the method's own)")
-    t.add_argument("--beta", type=_number, default=None)
-    t.add_argument("--lam", type=_number, default=None)
-    t.add_argument("--weight-func", default=None, choices=list(WEIGHT_FUNCS))
-    t.add_argument("--gair-start", type=int, default=None)
-    t.add_argument("--augment", type=_augment, default=None)
-    t.add_argument("--train-samples", type=_optional_int, default=None)
-    t.add_argument("--eval-samples", type=_optional_int, default=None)
-    t.add_argument("--eval-every", type=int, default=None)
-    t.add_argument("--eval-batch-size", type=int, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--device", default=None)
-    t.add_argument("--amp", default=None, choices=["bf16", "none"])
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="DDP (torchrun): SyncBatchNorm (CUDA) instead of per-process BatchNorm")
-    t.add_argument("--out-dir", default=None)
-    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
-                   help="continue the run in --out-dir from its last.pt, with its own options")
-    t.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
-                   help="replace the run in --out-dir (its checkpoints and history are deleted)")
-    t.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for this run (default: torch's own choice)")
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None)
+                       parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Adversarial training. Every option is a keyword of "
+                                   "fastadv.train(); an option left out takes the dataset's "
+                                   "default (below), the method's, or --preset's.",
+                       epilog=_train_epilog())
+    a = t.add_argument
+    g = t.add_argument_group("method")
+    a = g.add_argument
+    a("--method", type=str.lower, default=None,
+      help=f"training method: {', '.join(METHODS)} (default fat)")
+    a("--tau", type=_tau, default=None,
+      help="FAT's early-stop budget: an int >= 0, or 'dynamic' for the official schedule scaled "
+           "to --epochs (fat* methods; default 1)")
+    a("--omega", type=_number, default=None,
+      help="FAT's exploration noise: omega·N(0, I) added to the start (fat* methods; default 0)")
+    a("--beta", type=_number, default=None,
+      help="TRADES/MART trade-off weight (trades, fat-trades, mart, fat-mart; default 6)")
+    a("--lam", type=_number, default=None,
+      help="GAIR weight steepness lambda (gairat: default -1; gair-fat: default 0; inf: no "
+           "reweighting)")
+    a("--weight-func", default=None, choices=list(WEIGHT_FUNCS),
+      help="GAIR weight function of kappa (gairat, gair-fat; default tanh)")
+    a("--gair-start", type=int, default=None,
+      help="first reweighted epoch, 0-based (gairat, gair-fat; default: half the epochs)")
+    a("--preset", default=None, choices=["paper"],
+      help="'paper': the method's paper recipe for CIFAR-10 (WRN, 85-120 epochs); 32x32 RGB "
+           "datasets only")
+    g = t.add_argument_group("attack used for training")
+    a = g.add_argument
+    a("--eps", type=_number, default=None,
+      help="L-inf radius on [0, 1] pixels; fractions allowed (e.g. 8/255). Default: per dataset")
+    a("--alpha", type=_number, default=None,
+      help="PGD step size (default: per dataset, a quarter of its eps; not rescaled with --eps)")
+    a("--steps", type=int, default=None, help="PGD steps K (default 10)")
+    a("--random-start", default=None, choices=["uniform", "normal", "none"],
+      help="override the method's random start (default: uniform; normal for the TRADES "
+           "methods)")
+    g = t.add_argument_group("data and model")
+    a = g.add_argument
+    a("--dataset", type=str.lower, default=None,
+      help=f"{', '.join(_datasets())} (default digits: scikit-learn's bundled 8x8 digits, "
+           f"no download)")
+    a("--data-dir", default=None,
+      help="folder holding the dataset's files (default: $FASTADV_DATA or ~/.cache/fastadv)")
+    a("--download", action=argparse.BooleanOptionalAction, default=None,
+      help="fetch a missing dataset from its official URL, md5-checked (default: yes)")
+    a("--verify-data", action=argparse.BooleanOptionalAction, default=None,
+      help="check pickled CIFAR files against the official md5 on every read (default: yes; "
+           "--no-verify-data for CIFAR-format files you made yourself)")
+    a("--model", type=str.lower, default=None,
+      help=f"{', '.join(_models())} (default: small_cnn on digits/mnist/fashion-mnist, "
+           f"preact_resnet18 on 32x32 datasets)")
+    a("--augment", type=_augment, default=None,
+      help="training augmentation: default (the dataset's own: crop+flip on CIFAR, crop on "
+           "SVHN, none on digits/MNIST), none, crop-flip, crop, flip")
+    a("--train-samples", type=_optional_int, default=None,
+      help="train on the first N training images only (default: all)")
+    g = t.add_argument_group("optimisation")
+    a = g.add_argument
+    a("--epochs", type=int, default=None, help="number of epochs (default: per dataset)")
+    a("--batch-size", type=int, default=None, help="batch size (default 128)")
+    a("--lr", type=_number, default=None, help="initial learning rate (default: per dataset)")
+    a("--lr-schedule", default=None, choices=list(LR_SCHEDULES),
+      help="piecewise: x0.1 at 50%% and x0.01 at 75%% of the epochs (default); fat: the FAT "
+           "code's; cosine; constant")
+    a("--momentum", type=_number, default=None, help="SGD momentum (default 0.9)")
+    a("--weight-decay", type=_number, default=None, help="SGD weight decay (default 5e-4)")
+    a("--seed", type=int, default=None, help="seed of the model, data order and attacks (default 0)")
+    g = t.add_argument_group("evaluation each epoch (natural and PGD-20 accuracy)")
+    a = g.add_argument
+    a("--eval-samples", type=_optional_int, default=None,
+      help="test images evaluated (default 1000; 'all' for the whole test set)")
+    a("--eval-every", type=int, default=None,
+      help="evaluate every N epochs and after the last (0: never; default 1)")
+    a("--eval-batch-size", type=int, default=None, help="evaluation batch size (default 256)")
+    g = t.add_argument_group("where and how it runs")
+    a = g.add_argument
+    a("--out-dir", default=None,
+      help="run folder for checkpoints and history (default runs/<dataset>-<method>[-tau<tau>]"
+           "-s<seed>)")
+    a("--resume", action=argparse.BooleanOptionalAction, default=None,
+      help="continue the run in --out-dir from its last.pt, with its own options")
+    a("--overwrite", action=argparse.BooleanOptionalAction, default=None,
+      help="replace the run in --out-dir (its checkpoints and history are deleted first)")
+    a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    a("--threads", type=int, default=None,
+      help="torch CPU threads (default: torch's choice; results depend on it, see README)")
+    a("--amp", default=None, choices=["bf16", "none"],
+      help="bf16 autocast for the model (default none)")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+      help="channels_last memory format (default: no)")
+    a("--compile", action=argparse.BooleanOptionalAction, default=None,
+      help="torch.compile the model (default: no)")
+    a("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+      help="DDP (torchrun): SyncBatchNorm (CUDA) instead of per-process BatchNorm (default: no)")
+    a("--progress", action=argparse.BooleanOptionalAction, default=None,
+      help="progress bars (default: when stdout is a terminal)")
+    a("--verbose", action=argparse.BooleanOptionalAction, default=None,
+      help="print the per-epoch table (default: yes)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (natural, FGSM, PGD-20, C&W∞, ...)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
-    e.add_argument("checkpoint")
-    e.add_argument("--attacks", nargs="+", default=["natural", "fgsm", "pgd20", "cw30"])
-    e.add_argument("--eps", type=_number, default=None, help="default: the checkpoint's training eps")
-    e.add_argument("--any-iterate", action=argparse.BooleanOptionalAction, default=False)
-    e.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
+                       parents=[common],
+                       description="Robust accuracy of a checkpoint written by fastadv train, on "
+                                   "its dataset's test split (the papers' protocol).")
+    e.add_argument("checkpoint", help="a best.pt or last.pt of a run folder")
+    e.add_argument("--attacks", nargs="+", default=["natural", "fgsm", "pgd20", "cw30"],
+                   help="natural, fgsm, pgdK (e.g. pgd20, pgd100), cwK (C&W-inf with K steps), "
+                        "pgd+ (5 restarts x 40 steps); default: natural fgsm pgd20 cw30")
+    e.add_argument("--eps", type=_number, default=None,
+                   help="L-inf radius (default: the checkpoint's training eps)")
+    e.add_argument("--any-iterate", action=argparse.BooleanOptionalAction, default=False,
+                   help="count a sample as broken at its first misclassified iterate (stronger, "
+                        "cheaper); default: score the final iterate")
+    e.add_argument("--dataset", type=str.lower, default=None,
+                   help="default: the checkpoint's dataset (another one must have the same image "
+                        "shape)")
     e.add_argument("--data-dir", default=None,
                    help="default: $FASTADV_DATA or ~/.cache/fastadv (never a path from the checkpoint)")
-    e.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
+    e.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="fetch a missing dataset from its official URL (default: yes)")
     e.add_argument("--verify-data", action=argparse.BooleanOptionalAction, default=True,
-                   help="check pickled CIFAR files against the official checksums")
-    e.add_argument("--split", default="test")
-    e.add_argument("--max-samples", type=_optional_int, default=None)
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--device", default=None)
-    e.add_argument("--seed", type=int, default=0)
+                   help="check pickled CIFAR files against the official md5 (default: yes)")
+    e.add_argument("--split", default="test", help="the split to evaluate (default: test)")
+    e.add_argument("--max-samples", type=_optional_int, default=None,
+                   help="evaluate the first N images only (default: all)")
+    e.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
     e.add_argument("--out", default=None, help="JSON file (default: eval_<checkpoint>.json beside it)")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar over the batches (default: when stdout is a terminal)")
 
     pl = sub.add_parser("plot", help="accuracy and BP curves of a run folder to a PNG",
                         parents=[common])
-    pl.add_argument("run_dir")
+    pl.add_argument("run_dir", help="a run folder (holding history.json)")
     pl.add_argument("--out", default=None, help="default: RUN_DIR/curves.png")
+
+    c = sub.add_parser("compare", help="a table and a figure across run folders (FAT against AT)",
+                       parents=[common],
+                       description="Natural and PGD-20 accuracy, BPs and time of several runs: "
+                                   "one table on stdout, one figure.")
+    c.add_argument("runs", nargs="+", help="run folders (the first is the time reference)")
+    c.add_argument("--out", default=None, help="the figure (default: compare.png)")
     return p
 
 
@@ -151,7 +254,7 @@ def cmd_train(args) -> int:
     from .training.api import train
     # Only what was typed: a resume then takes the rest from the run it continues.
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "debug") and v is not None}
-    method = opts.pop("method")
+    method = opts.pop("method", None)  # None: the resumed run's, else fat
     train(method=method, **opts)
     return 0
 
@@ -189,6 +292,7 @@ def _cmd_eval(args, device) -> int:
     # a checkpoint from elsewhere must not choose which files this process reads.
     data = load_dataset(dataset, data_dir=args.data_dir, split=args.split, download=args.download,
                         verify=args.verify_data)
+    _check_eval_data(data, meta, dataset)
     eps = args.eps if args.eps is not None else meta.get("eps")
     if eps is None:
         raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
@@ -204,48 +308,40 @@ def _cmd_eval(args, device) -> int:
               + (f", {dist_utils.get_world_size()} processes" if dist_utils.is_distributed() else ""))
     evaluate(model, data, attacks=args.attacks, eps=eps, any_iterate=args.any_iterate,
              batch_size=args.batch_size, max_samples=args.max_samples, device=device, out=out,
-             distributed=True)
+             distributed=True, progress=args.progress)
     if main:
         print(f"wrote {out}")
     return 0
 
 
-def plot_run(run_dir: str, out: Optional[str] = None) -> str:
-    """Draw accuracy (train nat/adv, test nat/PGD-20) and BP (updates, executed) per epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from .training.logging import read_history
-    h = read_history(run_dir)
-    if not h:
-        raise ValueError(f"run_dir: {run_dir!r} has an empty history")
-    ep = [r["epoch"] for r in h]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("train_nat_acc", "train natural"), ("train_adv_acc", "train adversarial"),
-                       ("test_nat_acc", "test natural"), ("test_pgd20_acc", "test PGD-20")):
-        pts = [(e, r.get(key)) for e, r in zip(ep, h) if r.get(key) is not None]
-        if pts:
-            a1.plot(*zip(*pts), marker="o", label=label)
-    a1.set_xlabel("epoch"), a1.set_ylabel("accuracy (%)"), a1.legend(), a1.grid(alpha=0.3)
-    a2.plot(ep, [r["bp_avg"] for r in h], marker="o", label="BP (updates / image)")
-    a2.plot(ep, [r["bp_executed_avg"] for r in h], marker="s", label="executed backward passes")
-    # PGD-K's cost, for reference: K = bp_avg / (1 − saving), from any epoch with a saving < 100 %.
-    k = next((r["bp_avg"] / (1 - r["bp_saved"] / 100) for r in h
-              if r.get("bp_saved") is not None and r["bp_saved"] < 100), None)
-    if k:
-        a2.axhline(round(k), color="gray", linestyle="--", label=f"PGD-{round(k)} (AT)")
-    a2.set_xlabel("epoch"), a2.set_ylabel("per training image"), a2.legend(), a2.grid(alpha=0.3)
-    a2.set_ylim(bottom=0)
-    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
-    fig.tight_layout()
-    out = out or os.path.join(run_dir, "curves.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+def _check_eval_data(data, meta, dataset: str) -> None:
+    """Refuse images of another shape than the model was trained on (a small CNN runs on 28×28
+    MNIST as well as on 8×8 digits, and reports chance accuracy without a word)."""
+    trained = tuple(meta.get("input_shape") or ()) or None
+    if trained is None and meta.get("dataset"):  # checkpoints from before input_shape was stored
+        from .data import DATASETS
+        info = DATASETS.get(meta["dataset"])
+        trained = info.shape if info is not None else None
+    if trained is not None and tuple(data.shape) != trained:
+        fmt = lambda s: "×".join(map(str, s))  # noqa: E731
+        raise ValueError(f"dataset: {dataset} has {fmt(data.shape)} images but the model was trained "
+                         f"on {meta.get('dataset', '?')} ({fmt(trained)}); evaluate it on data of "
+                         f"that shape")
+    if meta.get("dataset") and meta["dataset"] != dataset:
+        print(f"note: the model was trained on {meta['dataset']}, evaluated here on {dataset}")
 
 
 def cmd_plot(args) -> int:
+    from .reports import plot_run
     print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .reports import compare_runs
+    table, png = compare_runs(args.runs, args.out)
+    print(table)
+    print(f"wrote {png}")
     return 0
 
 
@@ -253,12 +349,34 @@ def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{e.filename}: {text}"
-    return text
+    return cli_names(text)
+
+
+def cli_names(text: str) -> str:
+    """The Python API's option names in a message, as the command line spells them:
+    ``resume=True`` → ``--resume``, ``verify_data=False`` → ``--no-verify-data``, ``eps=0.05`` →
+    ``--eps 0.05``, a leading ``eps:`` → ``--eps:``, and any ``snake_case`` option name →
+    ``--kebab-case``, a back-quoted `` `epochs` `` → ``--epochs`` (a one-word name such as
+    ``model`` only in those forms: it is also a word)."""
+    import re
+    from .training.config import OPTION_NAMES
+    names = sorted(set(OPTION_NAMES) | {"max_samples", "any_iterate", "attacks", "split"},
+                   key=len, reverse=True)
+    alt = "|".join(map(re.escape, names))
+    flag = lambda m: "--" + m.group(1).replace("_", "-")  # noqa: E731
+    text = re.sub(rf"(?<![\w.-])({alt})=True\b", flag, text)
+    text = re.sub(rf"(?<![\w.-])({alt})=False\b", lambda m: "--no-" + m.group(1).replace("_", "-"), text)
+    text = re.sub(rf"(?<![\w.-])({alt})=", lambda m: flag(m) + " ", text)
+    text = re.sub(rf"^({alt}):", lambda m: flag(m) + ":", text)
+    text = re.sub(rf"`({alt})`", flag, text)  # a bare option name is written `name` in messages
+    under = "|".join(re.escape(n) for n in names if "_" in n)
+    return re.sub(rf"(?<![\w.$-])({under})\b", flag, text)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command]
+    handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot,
+               "compare": cmd_compare}[args.command]
     from .data import DownloadError
     try:
         return handler(args)

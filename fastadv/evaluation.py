@@ -108,6 +108,22 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: in
         yield (x.float().div_(255) if x.dtype == torch.uint8 else x), y
 
 
+def _num_batches(data, batch_size: int, max_samples: Optional[int], world: int) -> Optional[int]:
+    """How many batches :func:`_batches` yields to this process, when known (for the bar)."""
+    from .data import ImageDataset
+    if isinstance(data, ImageDataset):
+        n = len(data)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        n = data[0].shape[0]
+    else:
+        try:
+            return math.ceil(len(data) / world)
+        except TypeError:
+            return None
+    n = n if max_samples is None else min(n, max_samples)
+    return math.ceil(math.ceil(n / world) / batch_size)
+
+
 def _predict(model, x: Tensor) -> Tensor:
     from .attacks.base import explain_dtype_errors
     with torch.no_grad(), explain_dtype_errors(model, x):
@@ -146,8 +162,9 @@ def _robust_mask(model, spec, x: Tensor, y: Tensor, eps: float, any_iterate: boo
 def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, eps: float = 8 / 255,
              *, any_iterate: bool = False, batch_size: int = 256, max_samples: Optional[int] = None,
              device=None, out: Optional[str] = None, verbose: bool = True,
-             distributed: bool = False) -> Dict:
-    """Accuracy (percent) of ``model`` under each of ``attacks`` (see the module doc)."""
+             distributed: bool = False, progress: Optional[bool] = False) -> Dict:
+    """Accuracy (percent) of ``model`` under each of ``attacks`` (see the module doc).
+    ``progress``: a bar over the batches (``None``: only when stdout is a terminal)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(attacks, str):
@@ -174,8 +191,12 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
     correct = {name: 0 for name in specs}
     seconds = {name: 0.0 for name in specs}
     n = 0
+    from .training.logging import progress_bar, use_progress
     try:
-        for x, y in _batches(data, batch_size, device, max_samples, rank, world):
+        batches = _batches(data, batch_size, device, max_samples, rank, world)
+        total = _num_batches(data, batch_size, max_samples, world)
+        for x, y in progress_bar(batches, total, use_progress(progress) and rank == 0,
+                                 desc=f"evaluating ({', '.join(specs)})"):
             n += x.shape[0]
             for name, spec in specs.items():
                 t0 = time.perf_counter()

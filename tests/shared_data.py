@@ -33,7 +33,8 @@ def shared_data_dir() -> Optional[Path]:
 def require_shared_data() -> Path:
     p = shared_data_dir()
     if p is None:
-        pytest.skip("real test data not found: expected <repo>/../shared/data or $FASTADV_SHARED_DATA")
+        pytest.skip("real test data not found: expected <repo>/../shared/data or $FASTADV_SHARED_DATA "
+                    "(README, 'Real data for the tests')")
     return p
 
 

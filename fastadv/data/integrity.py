@@ -82,7 +82,6 @@ def verify_official(path: str, dataset: str, verify: bool = True) -> None:
     if got != md5:
         raise DataIntegrityError(
             f"{path}: not the official {dataset} file (md5 {got}, expected {md5}); delete it to "
-            f"download it again, or, for a file you made yourself, pass verify=False "
-            f"(command line: --no-verify-data)")
+            f"download it again, or, for a file you made yourself, pass verify_data=False (load_dataset: verify=False)")
     stamps[key] = _stamp(path, md5)
     _write_stamps(stamps)

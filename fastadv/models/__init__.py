@@ -28,7 +28,7 @@ from .resnet import ResNet, ResNet18
 from .small_cnn import SmallCNN
 from .wide_resnet import WideResNet
 
-__all__ = ["create", "available_models", "register", "Normalized", "SmallCNN", "PreActResNet18",
+__all__ = ["create", "available_models", "is_model_name", "register", "Normalized", "SmallCNN", "PreActResNet18",
            "PreActResNet", "ResNet18", "ResNet", "WideResNet", "load_official_state_dict",
            "num_parameters"]
 
@@ -49,6 +49,11 @@ def register(name: str, factory: Callable[..., nn.Module]) -> None:
 
 def available_models() -> list:
     return sorted(_REGISTRY) + ["wrn-28-10", "wrn-32-10", "wrn-34-10", "wrn-D-W"]
+
+
+def is_model_name(name) -> bool:
+    """Whether :func:`create` knows ``name`` (a registered name or ``wrn-D-W``)."""
+    return isinstance(name, str) and (name.lower() in _REGISTRY or bool(_WRN.match(name.lower())))
 
 
 class Normalized(nn.Module):
@@ -86,7 +91,11 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3,
         depth, width = map(int, _WRN.match(key).groups())
         model = WideResNet(depth, width, num_classes=num_classes, in_channels=in_channels, **kwargs)
     else:
-        raise ValueError(f"name: unknown model {name!r}; available: {', '.join(available_models())}")
+        import difflib
+        close = difflib.get_close_matches(str(name).lower(), available_models(), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"name: unknown model {name!r}{hint}; available: "
+                         f"{', '.join(available_models())}")
     if normalize is not None:
         mean, std = normalize
         model = Normalized(model, mean, std)

@@ -71,7 +71,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     return models.create(cfg.model, num_classes=num_classes, in_channels=in_channels)
 
 
-def train(method: str = "fat", tau=None, **options) -> TrainResult:
+def train(method: Optional[str] = "fat", tau=None, **options) -> TrainResult:
     """Train with ``method`` (standard, at, fat, trades, fat-trades, mart, fat-mart, gairat,
     gair-fat). Options: see :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir,
     model, preset, epochs, batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps,
@@ -85,9 +85,12 @@ def train(method: str = "fat", tau=None, **options) -> TrainResult:
     (:mod:`fastadv.training.run_folder`). A folder that already holds a run is refused unless
     ``resume=True`` (continue it: its own options; only ``epochs`` may grow, and the options of
     :data:`~fastadv.training.config.RUNTIME_OPTIONS` come from this call) or ``overwrite=True``
-    (delete its files and start again)."""
+    (delete its files and start again). ``method=None``: the method of the run being resumed
+    (``resume=True`` with an ``out_dir`` holding one), else ``"fat"``."""
     if tau is not None:
         options["tau"] = tau
+    if method is None:
+        method = _method_of_run(options) or "fat"
     write = options.get("out_dir", None) is not False
     if options.get("out_dir") is False:
         options["out_dir"] = None
@@ -103,6 +106,16 @@ def train(method: str = "fat", tau=None, **options) -> TrainResult:
         torch.set_num_threads(threads)  # the caller's setting again
         if created_group:
             dist_utils.cleanup_distributed()
+
+
+def _method_of_run(options: Dict[str, Any]) -> Optional[str]:
+    """The method stored in ``<out_dir>/last.pt`` when resuming an explicit out_dir."""
+    out_dir = options.get("out_dir")
+    last = os.path.join(os.fspath(out_dir), "last.pt") if out_dir and options.get("resume") is True else None
+    if last is None or not os.path.isfile(last):
+        return None
+    method = (load_checkpoint(last).get("config") or {}).get("method")
+    return method if isinstance(method, str) else None
 
 
 def _on_main(fn, distributed: bool, main: bool):
@@ -134,13 +147,13 @@ def _claim(folder: RunFolder, cfg: TrainConfig) -> bool:
             return True
         if files:
             raise RunFolderError(f"resume: {folder.path} has no last.pt to resume from but holds "
-                                 f"{', '.join(files)}; pass overwrite=True (--overwrite) to "
+                                 f"{', '.join(files)}; pass overwrite=True to "
                                  f"replace that run")
         return False
     if files:
         raise RunFolderError(f"out_dir: {folder.path} holds a run ({', '.join(files)}); pass "
-                             f"resume=True (--resume) to continue it, overwrite=True (--overwrite) "
-                             f"to replace it, or choose another out_dir (--out-dir)")
+                             f"resume=True to continue it, overwrite=True "
+                             f"to replace it, or choose another out_dir")
     return False
 
 
@@ -221,8 +234,8 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     logger = RunLogger(folder.path if folder is not None and main else None,
                        verbose=cfg.verbose and main)
     meta = {"model": cfg.model, "num_classes": train_ds.num_classes,
-            "in_channels": train_ds.shape[0], "dataset": cfg.dataset, "eps": cfg.eps,
-            "method": cfg.method}
+            "in_channels": train_ds.shape[0], "input_shape": list(train_ds.shape),
+            "dataset": cfg.dataset, "eps": cfg.eps, "method": cfg.method}
     trainer = Trainer(model, optimizer, cfg.method, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
                       tau=cfg.tau, omega=cfg.omega or 0.0, beta=cfg.beta, lam=cfg.lam,
                       weight_func=cfg.weight_func or "tanh", gair_start=cfg.gair_start,
@@ -277,6 +290,34 @@ def _resume_notes(state: Dict[str, Any], cfg: TrainConfig, device) -> List[str]:
     return notes
 
 
+# The options an AT run must share with this one for its time to be a fair reference.
+_SAME_SETTINGS = ("dataset", "model", "epochs", "batch_size", "train_samples", "steps", "eps",
+                  "alpha", "seed", "amp", "channels_last", "compile", "eval_every", "eval_samples")
+
+
+def _at_reference(cfg: TrainConfig):
+    """(folder, training seconds) of a finished AT run with the same settings in the default
+    place (``runs/<dataset>-at-s<seed>``), or None."""
+    import dataclasses
+    import json
+    at = dataclasses.replace(cfg, method="at", tau=None)
+    folder = default_out_dir(at)
+    last = os.path.join(folder, "last.pt")
+    if os.path.abspath(folder) == os.path.abspath(cfg.out_dir or "") or not os.path.isfile(last):
+        return None
+    try:
+        stored = load_checkpoint(last).get("config") or {}
+        with open(os.path.join(folder, "history.json")) as f:
+            history = json.load(f)
+    except (OSError, ValueError):
+        return None
+    mine = _plain(cfg.to_dict())
+    if stored.get("method") != "at" or any(stored.get(k) != mine.get(k) for k in _SAME_SETTINGS) \
+            or len(history) != cfg.epochs:
+        return None
+    return folder, sum(r.get("seconds") or 0.0 for r in history)
+
+
 def _check_free_space(folder: RunFolder, model: nn.Module, momentum: bool) -> None:
     """Refuse to start when the disk cannot hold this run's checkpoints: last.pt and best.pt, plus
     the temporary file of a save (the model's tensors, and SGD's momentum buffers)."""
@@ -289,7 +330,7 @@ def _check_free_space(folder: RunFolder, model: nn.Module, momentum: bool) -> No
         raise RunFolderError(f"out_dir: only {free / 2**20:.1f} MB free on the disk of "
                              f"{folder.path}; this run needs about {need / 2**20:.1f} MB for its "
                              f"checkpoints (last.pt, best.pt and a temporary copy while saving); "
-                             f"free some space or choose another out_dir (--out-dir)")
+                             f"free some space or choose another out_dir")
 
 
 def _plain(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -329,6 +370,15 @@ def _summary(logger: RunLogger, trainer: Trainer, cfg: TrainConfig) -> None:
                  f"({total_exec:.2f} executed) vs {k_total} for PGD-{cfg.steps}: "
                  f"{100 * (1 - total_bp / k_total):.1f}% saved "
                  f"({100 * (1 - total_exec / k_total):.1f}% executed)")
+    train_s = sum(r.get("seconds") or 0.0 for r in h)
+    eval_s = sum(r.get("eval_seconds") or 0.0 for r in h)
+    line = f"time: {train_s:.1f} s training + {eval_s:.1f} s evaluation"
+    ref = _at_reference(cfg) if cfg.method != "at" else None
+    if ref is not None and train_s > 0:
+        where, at_s = ref
+        line += (f"; the AT run with the same settings in {where} trained in {at_s:.1f} s: this "
+                 f"run took {train_s / at_s:.2f}x its time")
+    logger.print(line)
     last = h[-1]
     if last.get("test_pgd20_acc") is not None:
         logger.print(f"final: natural {last['test_nat_acc']:.2f}%, PGD-{trainer.eval_steps} "

@@ -207,6 +207,11 @@ def _check_number(option: str, value, *, minimum=None, strict=False, integer=Fal
         _fail(option, f"must be {'>' if strict else '>='} {minimum}, got {value!r}")
 
 
+def _did_you_mean(name, names) -> str:
+    close = difflib.get_close_matches(str(name).lower(), list(names), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def unknown_options(options: Dict[str, Any]) -> None:
     """Raise ``TypeError`` naming the first unknown option (with a close match if there is one)."""
     for key in options:
@@ -222,16 +227,16 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
     Raises ``TypeError``/``ValueError`` naming the offending option; loads no data."""
     unknown_options(options)
     if not isinstance(method, str) or method.lower() not in METHODS:
-        close = difflib.get_close_matches(str(method), METHODS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        _fail("method", f"unknown method {method!r}{hint}; available: {', '.join(METHODS)}")
+        _fail("method", f"unknown method {method!r}{_did_you_mean(method, METHODS)}; available: "
+                        f"{', '.join(METHODS)}")
     method = method.lower()
     spec = METHODS[method]
     cfg = TrainConfig(method=method, **options)
 
     from ..data import DATASETS  # the data registry (lazy: keeps config import-light)
     if not isinstance(cfg.dataset, str) or cfg.dataset.lower() not in DATASETS:
-        _fail("dataset", f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
+        _fail("dataset", f"unknown dataset {cfg.dataset!r}{_did_you_mean(cfg.dataset, DATASETS)}; "
+                         f"available: {', '.join(DATASETS)}")
     cfg.dataset = cfg.dataset.lower()
     if cfg.preset not in PRESETS:
         _fail("preset", f"unknown preset {cfg.preset!r}; available: None, 'paper'")
@@ -347,12 +352,16 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
         _fail("amp", f"must be None or 'bf16', got {cfg.amp!r}")
     if not isinstance(cfg.model, str) or not cfg.model:
         _fail("model", f"must be a model name, got {cfg.model!r}")
+    from ..models import available_models, is_model_name
+    if not is_model_name(cfg.model):
+        _fail("model", f"unknown model {cfg.model!r}{_did_you_mean(cfg.model, available_models())}; "
+                       f"available: {', '.join(available_models())}")
     if cfg.device is not None:
         import torch
         try:
             dev = torch.device(cfg.device)
-        except (RuntimeError, TypeError) as e:
-            _fail("device", f"invalid device {cfg.device!r} ({e})")
+        except (RuntimeError, TypeError):  # torch's message lists 20 device types
+            _fail("device", f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N")
         if dev.type == "cuda" and not torch.cuda.is_available():
             _fail("device", f"{cfg.device!r} requested but CUDA is not available")
     return cfg
@@ -371,8 +380,8 @@ def resume_config(cfg: TrainConfig, explicit, stored: Dict[str, Any], epochs_don
                if k in recipe and k not in RESUME_CHANGEABLE and plain[k] != recipe[k]]
     if changed:
         _fail("resume", f"{', '.join(changed)} differ from the run in {where}; a resume continues "
-                        f"the run as it was started and may change only epochs (to extend it) and "
-                        f"{', '.join(o for o in RUNTIME_OPTIONS if o not in ('out_dir', 'resume', 'overwrite'))}; "
+                        f"the run as it was started and may change only `epochs` (to extend it) "
+                        f"and {', '.join(f'`{o}`' for o in RUNTIME_OPTIONS if o not in ('out_dir', 'resume', 'overwrite'))}; "
                         f"start a new run in another out_dir, or pass overwrite=True to replace it")
     options = {k: v for k, v in recipe.items() if k not in explicit}
     options.update({k: getattr(cfg, k) for k in explicit if k in OPTION_NAMES and k != "method"})

@@ -15,12 +15,18 @@ from .run_folder import atomic_write
 # (key, header, width, format): the columns printed per epoch; every key goes to CSV/JSON.
 COLUMNS = [
     ("epoch", "epoch", 5, "d"), ("lr", "lr", 8, ".4g"), ("tau", "tau", 3, ""), ("lam", "lam", 5, ".3g"),
-    ("train_loss", "loss", 7, ".4f"), ("train_nat_acc", "nat%", 6, ".2f"),
-    ("train_adv_acc", "adv%", 6, ".2f"), ("test_nat_acc", "test%", 6, ".2f"),
+    ("train_loss", "loss", 7, ".4f"), ("train_nat_acc", "tr-nat%", 7, ".2f"),
+    ("train_adv_acc", "tr-adv%", 7, ".2f"), ("test_nat_acc", "test%", 6, ".2f"),
     ("test_pgd20_acc", "pgd20%", 6, ".2f"), ("bp_avg", "BP", 6, ".2f"),
     ("bp_executed_avg", "BPexec", 6, ".2f"), ("bp_saved", "saved%", 6, ".1f"),
-    ("seconds", "sec", 7, ".1f"), ("images_per_sec", "img/s", 7, ".0f"),
+    ("seconds", "sec", 7, ".1f"), ("eval_seconds", "eval-s", 6, ".1f"),
+    ("images_per_sec", "img/s", 7, ".0f"),
 ]
+# Printed once above the table: what the columns measure.
+LEGEND = ("tr-nat% / tr-adv%: accuracy on the training batches, clean / on the method's own "
+          "adversarial examples (FAT's early-stopped ones, not PGD-20); test% / pgd20%: the fixed "
+          "evaluation subset, natural / PGD-20; BP: PGD updates per training image (PGD-10 = 10), "
+          "BPexec: backward passes run; sec: training, eval-s: evaluation")
 HISTORY_KEYS = ["epoch", "lr", "tau", "lam", "train_loss", "train_nat_acc", "train_adv_acc",
                 "test_nat_acc", "test_pgd20_acc", "bp_avg", "bp_executed_avg", "bp_saved",
                 "bp_executed_saved", "seconds", "images_per_sec"]
@@ -81,6 +87,7 @@ class RunLogger:
 
     def log_epoch(self, row: Dict[str, Any], history: List[Dict[str, Any]]) -> None:
         if not self._header_printed:
+            self.print(LEGEND)
             self.print(format_header())
             self._header_printed = True
         self.print(format_row(row))

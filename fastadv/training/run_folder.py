@@ -85,7 +85,7 @@ class RunFolder:
         """Create the folder if needed and prove that a file can be written in it."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunFolderError(f"out_dir: {self.path} exists and is not a folder; choose another "
-                                 f"out_dir (--out-dir)")
+                                 f"out_dir")
         try:
             os.makedirs(self.path, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=self.path)
@@ -93,7 +93,7 @@ class RunFolder:
             os.remove(probe)
         except OSError as e:
             raise RunFolderError(f"out_dir: cannot write in {self.path} ({e.strerror or e}); choose "
-                                 f"a folder you can write to (--out-dir)") from e
+                                 f"a folder you can write to") from e
 
     def run_files(self) -> List[str]:
         """The run files present (``last.pt``, ``best.pt``, ``history.json``, ``history.csv``)."""
@@ -117,7 +117,7 @@ class RunFolder:
             holder = lock.read().strip() or "another process"
             lock.close()
             raise RunFolderError(f"out_dir: {self.path} is in use by another run ({holder}); wait "
-                                 f"for it to finish or choose another out_dir (--out-dir)") from None
+                                 f"for it to finish or choose another out_dir") from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since "

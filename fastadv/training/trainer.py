@@ -409,7 +409,8 @@ class Trainer:
         with self._autocast():
             r = evaluate(self.fmodel, data, attacks=("natural", name), eps=self.eps,
                          batch_size=batch_size, max_samples=max_samples, device=self.device,
-                         verbose=False, distributed=self.distributed)
+                         verbose=False, distributed=self.distributed,
+                         progress=use_progress(self.progress) and self.rank == 0)
         if "local" in r:
             self.local_stats["eval"] = r["local"]
         return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
@@ -485,7 +486,7 @@ class Trainer:
                         atomic_save(ckpt, folder.file("best.pt"))
                     atomic_save(ckpt, folder.file("last.pt"))
                 except RunFolderError as e:
-                    kept = (f"last.pt still holds epoch {epoch}, so resume=True (--resume) "
+                    kept = (f"last.pt still holds epoch {epoch}, so resume=True "
                             f"continues from there" if epoch else "no epoch was saved")
                     raise RunFolderError(f"{e}; {kept} once the disk has room") from e
         if main:
