@@ -48,7 +48,7 @@ def _tau(text: str):
 
 def _optional_int(text: str):
     if text.lower() in ("none", "all"):
-        return None
+        return "all"  # not None: None means "not typed", which takes the default
     try:
         return int(text)
     except ValueError:
@@ -58,7 +58,7 @@ def _optional_int(text: str):
 def _augment(text: str):
     low = text.lower()
     if low in ("none", "false", "off", "no"):
-        return None
+        return False  # not None: None means "not typed", which takes the dataset's default
     if low in ("true", "default", "on", "yes"):
         return True
     if low not in ("crop-flip", "crop", "flip"):
@@ -261,6 +261,8 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .training import distributed as dist_utils
+    from .training.config import check_device
+    check_device(args.device)
     device, created = dist_utils.init_distributed(args.device)
     try:
         return _cmd_eval(args, device)
@@ -331,13 +333,23 @@ def _check_eval_data(data, meta, dataset: str) -> None:
         print(f"note: the model was trained on {meta['dataset']}, evaluated here on {dataset}")
 
 
+def _need_matplotlib() -> None:
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        from .errors import UserError
+        raise UserError("plots need matplotlib: pip install matplotlib (or the extra: "
+                        "pip install -e '.[plot]')")
+
+
 def cmd_plot(args) -> int:
+    _need_matplotlib()
     from .reports import plot_run
     print(f"wrote {plot_run(args.run_dir, args.out)}")
     return 0
 
 
 def cmd_compare(args) -> int:
+    _need_matplotlib()
     from .reports import compare_runs
     table, png = compare_runs(args.runs, args.out)
     print(table)
@@ -364,26 +376,27 @@ def cli_names(text: str) -> str:
                    key=len, reverse=True)
     alt = "|".join(map(re.escape, names))
     flag = lambda m: "--" + m.group(1).replace("_", "-")  # noqa: E731
-    text = re.sub(rf"(?<![\w.-])({alt})=True\b", flag, text)
-    text = re.sub(rf"(?<![\w.-])({alt})=False\b", lambda m: "--no-" + m.group(1).replace("_", "-"), text)
-    text = re.sub(rf"(?<![\w.-])({alt})=", lambda m: flag(m) + " ", text)
+    text = re.sub(rf"(?<![\w./\\-])({alt})=True\b", flag, text)
+    text = re.sub(rf"(?<![\w./\\-])({alt})=False\b",
+                  lambda m: "--no-" + m.group(1).replace("_", "-"), text)
+    text = re.sub(rf"(?<![\w./\\-])({alt})=", lambda m: flag(m) + " ", text)
     text = re.sub(rf"^({alt}):", lambda m: flag(m) + ":", text)
     text = re.sub(rf"`({alt})`", flag, text)  # a bare option name is written `name` in messages
     under = "|".join(re.escape(n) for n in names if "_" in n)
-    return re.sub(rf"(?<![\w.$-])({under})\b", flag, text)
+    return re.sub(rf"(?<![\w.$/\\'\"-])({under})(?![\w/\\])", flag, text)  # not inside a path
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot,
                "compare": cmd_compare}[args.command]
-    from .data import DownloadError
+    from .errors import is_user_error
     try:
         return handler(args)
-    except (ValueError, TypeError, OSError, DownloadError) as e:
-        # A bad option, file, folder or input (a UserError, or the ValueError/TypeError/OSError
-        # they raise): one line, exit status 2 (like argparse). --debug: the traceback.
-        if args.debug:
+    except Exception as e:
+        # A bad option, file, folder or input (is_user_error): one line, exit status 2 (like
+        # argparse). A bug, or --debug: the traceback.
+        if args.debug or not is_user_error(e):
             raise
         print(f"fastadv {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -26,3 +26,11 @@ class DataIntegrityError(UserError):
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN or inf (non-finite data, or a learning rate that diverges)."""
+
+
+def is_user_error(e: BaseException) -> bool:
+    """The command line's rule: a :class:`UserError`, or the ``ValueError``/``TypeError``/
+    ``OSError`` of a bad option, file or folder, or a failed download, is the user's to fix (one
+    line, exit status 2); anything else is a bug (a traceback)."""
+    from .data.download import DownloadError  # lazy: this module is imported by everything
+    return isinstance(e, (ValueError, TypeError, OSError, DownloadError))

@@ -287,3 +287,31 @@ def test_killed_two_rank_run_resumes_from_its_checkpoint(two_rank_cli_run, tmp_p
 
 if __name__ == "__main__":
     _worker_main(sys.argv[1:])
+
+
+@pytest.mark.parametrize("case", ["occupied folder", "missing data"])
+def test_a_user_error_on_rank_0_stops_every_rank(two_rank_cli_run, tmp_path, case):
+    """Rank 0 decides about the folder and loads the data first; its user error must reach the
+    other rank (which would otherwise wait in a collective until a timeout) in one line each."""
+    out, _ = two_rank_cli_run
+    before = (out / "last.pt").read_bytes()
+    args = ["-m", "fastadv", "train", "--dataset", "digits", "--train-samples", "256",
+            "--epochs", "3", "--batch-size", "64", "--no-progress"]
+    if case == "occupied folder":
+        args += ["--out-dir", str(out)]
+        needle = "holds a run"
+    else:
+        args += ["--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--no-download",
+                 "--out-dir", str(tmp_path / "run")]
+        needle = "is not in"
+    t0 = time.perf_counter()
+    p = subprocess.run(_torchrun(*args), env=_env(), cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and time.perf_counter() - t0 < 100
+    # Each rank that gets to print (torchrun stops the others as soon as one exits) prints one line.
+    errors = [line for line in p.stderr.splitlines() if line.startswith("fastadv train: error:")]
+    assert 1 <= len(errors) <= 2 and all(needle in e for e in errors), p.stderr[-3000:]
+    # No worker traceback (the launcher prints its own ChildFailedError, naming exit code 2).
+    assert not [line for line in p.stderr.splitlines() if 'File "' in line and "/fastadv/" in line]
+    assert "exitcode  : 2" in p.stderr
+    assert (out / "last.pt").read_bytes() == before

@@ -240,3 +240,25 @@ def test_evaluation_has_a_progress_bar(capsys):
                      verbose=False, progress=True)
     err = capsys.readouterr().err
     assert "evaluating (natural, pgd3)" in err and "0/3" in err
+
+
+def test_none_and_all_survive_the_command_line(tmp_path):
+    from fastadv.training.config import resolve_config
+    args = _subparsers()["train"].parse_args(["--augment", "none", "--eval-samples", "all"])
+    assert args.augment is False and args.eval_samples == "all"  # typed: not dropped as None
+    cfg = resolve_config("fat", dataset="cifar10", augment=False, eval_samples="all")
+    assert cfg.augment is False and cfg.eval_samples is None  # every test image
+    assert resolve_config("fat", dataset="cifar10").eval_samples == 1000
+
+
+def test_cli_names_leave_paths_alone():
+    assert cli_names("/home/me/data_dir/x: bad; pass data_dir=/y") == \
+        "/home/me/data_dir/x: bad; pass --data-dir /y"
+
+
+def test_plot_without_matplotlib_is_one_line(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "plots need matplotlib: pip install matplotlib" in _one_line_error(capsys, "plot")

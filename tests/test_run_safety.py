@@ -208,12 +208,12 @@ def test_resume_refuses_changed_options_and_lists_them(finished_run, tmp_path, c
     capsys.readouterr()
     assert _train(run, "--resume", "--tau", "3", "--eps", "0.05", "--batch-size", "64", epochs=2) == 2
     err = _one_line_error(capsys)
-    for part in ("tau=3 (the run: 1)", "eps=0.05 (the run: 0.2)", "batch_size=64 (the run: 128)"):
+    for part in ("--tau 3 (the run: 1)", "--eps 0.05 (the run: 0.2)", "--batch-size 64 (the run: 128)"):
         assert part in err
     assert "seed" not in err.split("differ")[0]  # not typed: taken from the run, not compared
     assert _digest(run / "last.pt") == before
     assert _train(run, "--resume", "--seed", "7", epochs=2) == 2
-    assert "seed=7 (the run: 3)" in _one_line_error(capsys)
+    assert "--seed 7 (the run: 3)" in _one_line_error(capsys)
     assert _train(run, "--resume", epochs=1) == 2
     assert "has done 2 epochs" in _one_line_error(capsys)
     # Extending is allowed; untyped options (seed 3) come from the run.
@@ -494,3 +494,53 @@ def test_loaders_of_dicts(small):
     assert len(hist) == 1 and hist[0]["test_pgd20_acc"] is not None
     with pytest.raises(TypeError, match=r"batch: a dict needs .* got keys \['img', 'lbl'\]"):
         trainer.train_epoch([{"img": x, "lbl": y}])
+
+
+# ============================================================================ review follow-ups
+def test_run_files_get_the_umasks_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write(str(tmp_path / "last.pt"), lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
+def test_a_checkpoint_without_an_epoch_is_refused(finished_run, tmp_path, capsys):
+    state = torch.load(finished_run / "last.pt", weights_only=True)
+    del state["epoch"]
+    torch.save(state, tmp_path / "no-epoch.pt")
+    with pytest.raises(CheckpointError, match="not a fastadv checkpoint"):
+        ckpt_mod.load_checkpoint(str(tmp_path / "no-epoch.pt"))
+
+
+def test_calling_ndarray_directly_is_refused(tmp_path):
+    """numpy.ndarray called as a function would build an object array past the dtype check."""
+    import numpy as np
+    from fastadv.data import formats
+
+    class Direct:
+        def __reduce__(self):
+            return (np.ndarray, ((2,), "O"))
+    (tmp_path / "b").write_bytes(pickle.dumps({b"data": Direct(), b"labels": [0]}, protocol=2))
+    with pytest.raises(UserError, match="not a dataset pickle"):
+        formats.read_cifar_batch(str(tmp_path / "b"))
+
+
+def test_resume_merges_the_runs_options_before_validating(tmp_path, monkeypatch):
+    from fastadv.training import config
+    common = dict(dataset="digits", train_samples=64, eval_samples=16, verbose=False,
+                  out_dir=str(tmp_path / "run"))
+    fastadv.train("gairat", epochs=3, gair_start=2, **common)
+    # With the digits default of 2 epochs, gair_start=2 alone would be "beyond the epochs"; the
+    # run's own 3 epochs apply first.
+    monkeypatch.setitem(config.DATASET_DEFAULTS, "digits",
+                        dict(config.DATASET_DEFAULTS["digits"], epochs=2))
+    r = fastadv.train(gair_start=2, resume=True, **common)  # method: the run's
+    assert (r.config.method, r.config.epochs, len(r.history)) == ("gairat", 3, 3)
+    # Tuples and lists are the same lr schedule.
+    run2 = dict(common, out_dir=str(tmp_path / "run2"))
+    fastadv.train("at", epochs=1, lr_schedule={"milestones": [0.5], "factors": [0.1]}, **run2)
+    r = fastadv.train("at", epochs=2, resume=True,
+                      lr_schedule={"milestones": (0.5,), "factors": (0.1,)}, **run2)
+    assert len(r.history) == 2

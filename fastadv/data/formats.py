@@ -67,10 +67,15 @@ def read_idx_images_labels(images_path: str, labels_path: str):
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's own _reconstruct, wherever numpy keeps it
 
 
+class _NDArrayType:
+    """What the name ``numpy.ndarray`` unpickles to: a token only :func:`_ndarray` accepts (the
+    real class, called directly, would build object-dtype arrays past :func:`_dtype`)."""
+
+
 def _ndarray(subtype, shape, dtype):
-    if subtype is not np.ndarray:
+    if subtype is not _NDArrayType:
         raise pickle.UnpicklingError(f"refusing to build an array of type {subtype!r}")
-    return _RECONSTRUCT(subtype, shape, dtype)
+    return _RECONSTRUCT(np.ndarray, shape, _dtype(dtype))
 
 
 def _dtype(spec, align=False, copy=True):
@@ -93,7 +98,7 @@ def _latin1(text, encoding="latin1"):
 _ALLOWED_GLOBALS = {
     **{(mod, "_reconstruct"): _ndarray for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(mod, "_frombuffer"): _frombuffer for mod in ("numpy.core.numeric", "numpy._core.numeric")},
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDArrayType,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _latin1,
 }

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import RunFolderError, UserError
+from ..errors import RunFolderError, is_user_error
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, runtime_info
-from .config import TrainConfig, default_out_dir, resolve_config, resume_config
+from .config import (RUNTIME_OPTIONS, TrainConfig, default_out_dir, plain_config, resolve_config,
+                     resume_config)
 from .logging import RunLogger
 from .run_folder import RunFolder
 from .schedules import lr_at
@@ -71,7 +72,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     return models.create(cfg.model, num_classes=num_classes, in_channels=in_channels)
 
 
-def train(method: Optional[str] = "fat", tau=None, **options) -> TrainResult:
+def train(method: Optional[str] = None, tau=None, **options) -> TrainResult:
     """Train with ``method`` (standard, at, fat, trades, fat-trades, mart, fat-mart, gairat,
     gair-fat). Options: see :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir,
     model, preset, epochs, batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps,
@@ -89,13 +90,21 @@ def train(method: Optional[str] = "fat", tau=None, **options) -> TrainResult:
     (``resume=True`` with an ``out_dir`` holding one), else ``"fat"``."""
     if tau is not None:
         options["tau"] = tau
-    if method is None:
-        method = _method_of_run(options) or "fat"
     write = options.get("out_dir", None) is not False
     if options.get("out_dir") is False:
         options["out_dir"] = None
-    cfg = resolve_config(method, **options)
     explicit = {k for k, v in options.items() if v is not None}
+    # Resuming a named folder: the run's own options fill in what this call leaves out, before
+    # anything is validated (a typed --gair-start 60 fits the run's 120 epochs, not the default 20).
+    stored = _stored_config(options)
+    if method is None:
+        method = stored.get("method") or "fat"
+    elif stored.get("method") and str(method).lower() != stored["method"]:
+        raise RunFolderError(f"resume: {os.path.join(options['out_dir'], 'last.pt')} is a "
+                             f"{stored['method']!r} run, not {method!r}")
+    recipe = {k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__
+              and k not in RUNTIME_OPTIONS and k != "method" and k not in explicit}
+    cfg = resolve_config(method, **{**recipe, **{k: v for k, v in options.items() if v is not None}})
     device, created_group = dist_utils.init_distributed(cfg.device)
     threads = torch.get_num_threads()
     try:
@@ -108,29 +117,37 @@ def train(method: Optional[str] = "fat", tau=None, **options) -> TrainResult:
             dist_utils.cleanup_distributed()
 
 
-def _method_of_run(options: Dict[str, Any]) -> Optional[str]:
-    """The method stored in ``<out_dir>/last.pt`` when resuming an explicit out_dir."""
+def _stored_config(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The config stored in ``<out_dir>/last.pt`` when resuming a named out_dir, else {}."""
     out_dir = options.get("out_dir")
-    last = os.path.join(os.fspath(out_dir), "last.pt") if out_dir and options.get("resume") is True else None
-    if last is None or not os.path.isfile(last):
-        return None
-    method = (load_checkpoint(last).get("config") or {}).get("method")
-    return method if isinstance(method, str) else None
+    if not out_dir or options.get("resume") is not True:
+        return {}
+    last = os.path.join(os.path.expanduser(os.fspath(out_dir)), "last.pt")
+    if not os.path.isfile(last):
+        return {}
+    stored = load_checkpoint(last).get("config")
+    return stored if isinstance(stored, dict) else {}
 
 
 def _on_main(fn, distributed: bool, main: bool):
-    """``fn()`` on rank 0, its result (or its user error, raised everywhere) shared with every rank."""
+    """``fn()`` on rank 0, its result shared with every rank; if it raises, every rank raises (a
+    rank left waiting in the next collective would hang): the user error itself, or a
+    RuntimeError naming rank 0's bug. (torchrun also stops the other ranks when one exits.)"""
     if not distributed:
         return fn()
     result = error = None
     if main:
         try:
             result = fn()
-        except UserError as e:
+        except Exception as e:  # noqa: BLE001 - shared below, then re-raised
             error = e
-    result, error = dist_utils.broadcast_object((result, error) if main else None)
+    shared = error if error is None or is_user_error(error) else \
+        RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
+    result, shared = dist_utils.broadcast_object((result, shared) if main else None)
     if error is not None:
         raise error
+    if shared is not None:
+        raise shared
     return result
 
 
@@ -162,8 +179,8 @@ def _load_resume_state(last: str) -> Dict[str, Any]:
     filesystem) receive it from rank 0."""
     have = dist_utils.all_gather_objects(os.path.isfile(last))
     if all(have):
-        return load_checkpoint(last)
-    return dist_utils.broadcast_object(load_checkpoint(last) if dist_utils.get_rank() == 0 else None)
+        return load_checkpoint(last)  # the same file everywhere: every rank fails alike, if at all
+    return _on_main(lambda: load_checkpoint(last), True, dist_utils.get_rank() == 0)
 
 
 def _train(cfg: TrainConfig, explicit, write: bool, device: torch.device) -> TrainResult:
@@ -202,13 +219,15 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
 
     # Data next: a missing dataset fails before anything else is built. Distributed: rank 0
     # loads (downloads) first, the others wait and then read the files it wrote.
-    if distributed and not main:
-        dist_utils.barrier()
     data = dict(data_dir=cfg.data_dir, download=cfg.download, verify=cfg.verify_data)
-    train_ds = load_dataset(cfg.dataset, split="train", **data)
-    test_ds = load_dataset(cfg.dataset, split="test", **data)
-    if distributed and main:
-        dist_utils.barrier()
+    load = lambda: (load_dataset(cfg.dataset, split="train", **data),  # noqa: E731
+                    load_dataset(cfg.dataset, split="test", **data))
+    if distributed:  # rank 0 first (it downloads); its failure reaches every rank
+        first = {}
+        _on_main(lambda: first.setdefault("data", load()) and None, True, main)
+        train_ds, test_ds = first["data"] if main else load()
+    else:
+        train_ds, test_ds = load()
     if cfg.train_samples is not None:
         train_ds = train_ds.subset(slice(0, cfg.train_samples))
 
@@ -220,8 +239,8 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
         seed_everything(dist_utils.rank_seed(cfg.seed, rank))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    if folder is not None and main:
-        _check_free_space(folder, model, cfg.momentum > 0)
+    if folder is not None:
+        _on_main(lambda: _check_free_space(folder, model, cfg.momentum > 0), distributed, main)
     if distributed:
         loader = dist_utils.ShardedBatchLoader(
             train_ds, batch_size=cfg.batch_size // world, shuffle=True, augment=cfg.augment,
@@ -243,7 +262,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                       lr_fn=lambda e: lr_at(e, cfg.lr, cfg.epochs, cfg.lr_schedule),
                       device=device, amp=cfg.amp, channels_last=cfg.channels_last,
                       compile=cfg.compile, progress=cfg.progress if main else False,
-                      logger=logger, config=_plain(cfg.to_dict()), meta=meta,
+                      logger=logger, config=plain_config(cfg.to_dict()), meta=meta,
                       random_start="method" if cfg.random_start is None else cfg.random_start,
                       distributed=distributed, sync_bn=cfg.sync_bn)
 
@@ -311,7 +330,7 @@ def _at_reference(cfg: TrainConfig):
             history = json.load(f)
     except (OSError, ValueError):
         return None
-    mine = _plain(cfg.to_dict())
+    mine = plain_config(cfg.to_dict())
     if stored.get("method") != "at" or any(stored.get(k) != mine.get(k) for k in _SAME_SETTINGS) \
             or len(history) != cfg.epochs:
         return None
@@ -331,14 +350,6 @@ def _check_free_space(folder: RunFolder, model: nn.Module, momentum: bool) -> No
                              f"{folder.path}; this run needs about {need / 2**20:.1f} MB for its "
                              f"checkpoints (last.pt, best.pt and a temporary copy while saving); "
                              f"free some space or choose another out_dir")
-
-
-def _plain(d: Dict[str, Any]) -> Dict[str, Any]:
-    """Config values in weights_only-safe types (str/int/float/bool/None/list/dict)."""
-    out = {}
-    for k, v in d.items():
-        out[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
-    return out
 
 
 def _banner(cfg: TrainConfig, train_ds, n_eval: int, device, world: int = 1) -> str:

@@ -83,9 +83,10 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
                               f"{reason[:160]}); it is truncated, damaged or not a fastadv "
                               f"checkpoint") from e
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or \
-            not str(state.get("format", "")).startswith("fastadv-checkpoint"):
+            not str(state.get("format", "")).startswith("fastadv-checkpoint") or \
+            not isinstance(state.get("epoch"), int):
         raise CheckpointError(f"checkpoint: {path} is not a fastadv checkpoint (written by fastadv "
-                              f"train, with 'format' and 'model' entries)")
+                              f"train, with 'format', 'model' and 'epoch' entries)")
     return state
 
 

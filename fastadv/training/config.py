@@ -155,8 +155,8 @@ class TrainConfig:
     weight_func: Optional[str] = None           # GAIR: tanh | sigmoid | discrete
     gair_start: Optional[int] = None            # GAIR: first reweighted epoch (0-based; default E/2)
     augment: Any = True                         # the dataset's default augmentation
-    train_samples: Optional[int] = None         # use the first N training images (demos/tests)
-    eval_samples: Optional[int] = None          # test images evaluated per epoch (None: default)
+    train_samples: Union[int, str, None] = None  # the first N training images ("all": every one)
+    eval_samples: Union[int, str, None] = None   # test images evaluated per epoch ("all": every one)
     eval_every: int = 1                         # evaluate every N epochs (0: never)
     eval_batch_size: int = 256
     seed: int = 0
@@ -331,8 +331,10 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
             _fail(opt, f"{getattr(cfg, opt):g} is larger than the whole [0, 1] pixel range; did "
                        f"you mean {getattr(cfg, opt):g}/255 = {getattr(cfg, opt) / 255:.4g}?")
     _check_number("steps", cfg.steps, minimum=1, integer=True)
-    _check_number("train_samples", cfg.train_samples, minimum=1, integer=True, allow_none=True)
-    _check_number("eval_samples", cfg.eval_samples, minimum=1, integer=True, allow_none=True)
+    for opt in ("train_samples", "eval_samples"):
+        if isinstance(getattr(cfg, opt), str) and getattr(cfg, opt).lower() == "all":
+            setattr(cfg, opt, None)  # "all": every image (None would mean the default)
+        _check_number(opt, getattr(cfg, opt), minimum=1, integer=True, allow_none=True)
     _check_number("eval_every", cfg.eval_every, minimum=0, integer=True)
     _check_number("eval_batch_size", cfg.eval_batch_size, minimum=1, integer=True)
     _check_number("seed", cfg.seed, minimum=0, integer=True)
@@ -356,15 +358,36 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
     if not is_model_name(cfg.model):
         _fail("model", f"unknown model {cfg.model!r}{_did_you_mean(cfg.model, available_models())}; "
                        f"available: {', '.join(available_models())}")
-    if cfg.device is not None:
-        import torch
-        try:
-            dev = torch.device(cfg.device)
-        except (RuntimeError, TypeError):  # torch's message lists 20 device types
-            _fail("device", f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            _fail("device", f"{cfg.device!r} requested but CUDA is not available")
+    check_device(cfg.device)
     return cfg
+
+
+def check_device(device) -> None:
+    """``None`` (automatic), or a device this machine has: cpu, cuda, cuda:N."""
+    if device is None:
+        return
+    import torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's message lists 20 device types
+        _fail("device", f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        _fail("device", f"{device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        _fail("device", f"{device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+
+
+def plain_config(d: Dict[str, Any]) -> Dict[str, Any]:
+    """Option values in weights_only-safe, comparable types: str/int/float/bool/None, and lists
+    (never tuples) and dicts of them; anything else as its str."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+    return {k: plain(v) for k, v in d.items()}
 
 
 def resume_config(cfg: TrainConfig, explicit, stored: Dict[str, Any], epochs_done: int,
@@ -374,8 +397,7 @@ def resume_config(cfg: TrainConfig, explicit, stored: Dict[str, Any], epochs_don
     set. An explicit recipe option that differs from the stored run's raises, listing every one."""
     recipe = {k: v for k, v in stored.items()
               if k in OPTION_NAMES and k not in RUNTIME_OPTIONS and k != "method"}
-    plain = {k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
-             for k, v in cfg.to_dict().items()}
+    plain = plain_config(cfg.to_dict())
     changed = [f"{k}={plain[k]!r} (the run: {recipe[k]!r})" for k in sorted(explicit)
                if k in recipe and k not in RESUME_CHANGEABLE and plain[k] != recipe[k]]
     if changed:

@@ -20,6 +20,7 @@ between machines.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import re
 import socket
@@ -46,6 +47,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     except OSError as e:
         raise RunFolderError(f"{path}: could not write it ({e.strerror or e})") from e
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a run's files get the umask's usual mode
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -60,6 +63,12 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             raise RunFolderError(f"{path}: could not write it ({e.strerror or e}); the previous "
                                  f"{name}, if any, is intact") from e
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 class RunFolder:
@@ -105,19 +114,35 @@ class RunFolder:
         temporary files that a killed run left behind."""
         created = not os.path.isdir(self.path)
         self.check_writable()
-        try:
-            lock = open(self.file(LOCK_FILE), "a+")
-        except OSError as e:
-            raise RunFolderError(f"out_dir: cannot create the lock file in {self.path} "
-                                 f"({e.strerror or e})") from e
-        try:
-            _try_lock(lock)
-        except OSError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
+        for _ in range(10):
+            try:
+                lock = open(self.file(LOCK_FILE), "a+")
+            except OSError as e:
+                raise RunFolderError(f"out_dir: cannot create the lock file in {self.path} "
+                                     f"({e.strerror or e})") from e
+            try:
+                _try_lock(lock)
+            except OSError as e:
+                busy = e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                lock.close()
+                if not busy:  # e.g. ENOLCK: a filesystem without locks
+                    raise RunFolderError(f"out_dir: cannot lock {self.path} ({e.strerror or e}); "
+                                         f"choose a folder on a local disk") from e
+                raise RunFolderError(f"out_dir: {self.path} is in use by another run ({holder}); "
+                                     f"wait for it to finish or choose another out_dir") from None
+            # A run that closed meanwhile may have removed the file we locked: lock the new one.
+            try:
+                same = os.fstat(lock.fileno()).st_ino == os.stat(self.file(LOCK_FILE)).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             lock.close()
-            raise RunFolderError(f"out_dir: {self.path} is in use by another run ({holder}); wait "
-                                 f"for it to finish or choose another out_dir") from None
+        else:
+            raise RunFolderError(f"out_dir: could not lock {self.path} (its lock file keeps "
+                                 f"changing)")
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since "

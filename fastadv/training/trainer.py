@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..attacks.base import explain_dtype_errors, input_range_message
-from ..errors import CheckpointError, NonFiniteLossError, RunFolderError
+from ..errors import CheckpointError, NonFiniteLossError, RunFolderError, UserError
 from .checkpoint import (atomic_save, load_checkpoint, load_model_state, make_checkpoint,
                          rng_state, runtime_info, set_rng_state, unwrap)
 from .config import METHODS, WEIGHT_FUNCS
@@ -302,13 +302,20 @@ class Trainer:
         bad = [~torch.isfinite(loss.detach())]
         if res is None:
             bad.append(~((x >= 0) & (x <= 1)).all())
-        bad_loss, *bad_x = torch.stack(bad).tolist()
+        bad = torch.stack(bad).to(torch.int32)
+        if self.distributed:  # every rank stops together (one that went on would wait forever)
+            bad = dist_utils.all_reduce_sum(bad)
+        bad_loss, *bad_x = bad.tolist()
         if bad_x and bad_x[0]:
-            raise ValueError(input_range_message(x, 0.0, 1.0))
+            mine = bool((~((x >= 0) & (x <= 1))).any())
+            raise ValueError(input_range_message(x, 0.0, 1.0) if mine else
+                             "x lies outside [0, 1] on another rank")
         if bad_loss:
-            raise NonFiniteLossError(f"the training loss is {float(loss.detach()):g}: the data holds NaN or "
-                                     f"inf, or the lr ({self.optimizer.param_groups[0]['lr']:g}) "
-                                     f"makes training diverge; the weights were not updated")
+            value = float(loss.detach())
+            what = f"is {value:g}" if not math.isfinite(value) else "is not finite on another rank"
+            raise NonFiniteLossError(f"the training loss {what}: the data holds NaN or inf, or the "
+                                     f"lr ({self.optimizer.param_groups[0]['lr']:g}) makes "
+                                     f"training diverge; the weights were not updated")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -440,16 +447,7 @@ class Trainer:
         if out_dir is not None and not isinstance(out_dir, RunFolder):
             folder, own_folder = RunFolder(out_dir), main
         try:
-            if own_folder:
-                folder.open()
-                files = folder.run_files()
-                if files and overwrite:
-                    folder.clear()
-                elif files and self.epoch == 0:
-                    raise RunFolderError(
-                        f"out_dir: {folder.path} holds a run ({', '.join(files)}); continue it with "
-                        f"trainer.load_checkpoint({folder.file('last.pt')!r}) before fit, pass "
-                        f"overwrite=True to replace it, or choose another out_dir")
+            self._shared(lambda: own_folder and self._claim(folder, overwrite))
             logger = self.logger or RunLogger(folder.path if folder is not None and main else None,
                                               verbose=False)
             for epoch in range(self.epoch, epochs):
@@ -461,6 +459,31 @@ class Trainer:
             if own_folder:
                 folder.close()
         return self.history
+
+    def _claim(self, folder: RunFolder, overwrite: bool) -> None:
+        """Lock ``folder``; refuse one that holds another run unless ``overwrite``."""
+        folder.open()
+        files = folder.run_files()
+        if files and overwrite:
+            folder.clear()
+        elif files and self.epoch == 0:
+            raise RunFolderError(
+                f"out_dir: {folder.path} holds a run ({', '.join(files)}); continue it with "
+                f"trainer.load_checkpoint({folder.file('last.pt')!r}) before fit, pass "
+                f"overwrite=True to replace it, or choose another out_dir")
+
+    def _shared(self, fn) -> None:
+        """Run ``fn`` (rank 0's file work); distributed, its user error is raised on every rank,
+        so no rank waits in a collective for one that stopped."""
+        error = None
+        try:
+            fn()
+        except UserError as e:
+            error = e
+        if self.distributed:
+            error = dist_utils.broadcast_object(error)
+        if error is not None:
+            raise error
 
     def _fit_epoch(self, epoch, epochs, train_loader, test_data, eval_every, eval_samples,
                    eval_batch_size, folder: Optional[RunFolder], loader_state, logger) -> None:
@@ -478,19 +501,24 @@ class Trainer:
             self.best_pgd20 is None or row["test_pgd20_acc"] > self.best_pgd20)
         if improved:
             self.best_pgd20 = row["test_pgd20_acc"]
-        if folder is not None:
+        ckpt = None
+        if folder is not None:  # distributed: a collective (every rank's RNG states)
             ckpt = self._checkpoint(loader_state() if loader_state else None)
-            if main:
+
+        def save_and_log():
+            if not main:
+                return
+            if ckpt is not None:
                 try:
                     if improved:
                         atomic_save(ckpt, folder.file("best.pt"))
                     atomic_save(ckpt, folder.file("last.pt"))
                 except RunFolderError as e:
-                    kept = (f"last.pt still holds epoch {epoch}, so resume=True "
-                            f"continues from there" if epoch else "no epoch was saved")
+                    kept = (f"last.pt still holds epoch {epoch}, so resume=True continues from "
+                            f"there" if epoch else "no epoch was saved")
                     raise RunFolderError(f"{e}; {kept} once the disk has room") from e
-        if main:
             logger.log_epoch(row, self.history)
+        self._shared(save_and_log)
 
     def _cuda_device(self):
         return self.device if self.device.type == "cuda" and self.distributed else None
