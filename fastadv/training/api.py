@@ -36,7 +36,7 @@ from ..errors import RunFolderError, is_user_error
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, runtime_info
 from .config import (RUNTIME_OPTIONS, TrainConfig, default_out_dir, plain_config, resolve_config,
-                     resume_config)
+                     resume_config, unknown_options)
 from .logging import RunLogger
 from .run_folder import RunFolder
 from .schedules import lr_at
@@ -90,6 +90,7 @@ def train(method: Optional[str] = None, tau=None, **options) -> TrainResult:
     (``resume=True`` with an ``out_dir`` holding one), else ``"fat"``."""
     if tau is not None:
         options["tau"] = tau
+    unknown_options(options)  # before anything reads them (a typo is not silently dropped)
     write = options.get("out_dir", None) is not False
     if options.get("out_dir") is False:
         options["out_dir"] = None
