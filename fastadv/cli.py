@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--eval-every", type=int, default=None,
       help="evaluate every N epochs and after the last (0: never; default 1)")
     a("--eval-batch-size", type=int, default=None, help="evaluation batch size (default 256)")
+    a("--eval-alpha", type=_number, default=None,
+      help="step of the PGD-20 evaluation (default eps/4; the fat-trades and fat-mart paper "
+           "presets: 0.003, as their official scripts)")
     g = t.add_argument_group("where and how it runs")
     a = g.add_argument
     a("--out-dir", default=None,
@@ -214,6 +217,8 @@ def _parser() -> argparse.ArgumentParser:
                         "pgd+ (5 restarts x 40 steps); default: natural fgsm pgd20 cw30")
     e.add_argument("--eps", type=_number, default=None,
                    help="L-inf radius (default: the checkpoint's training eps)")
+    e.add_argument("--alpha", type=_number, default=None,
+                   help="step of the pgdK/cwK attacks (default: the run's --eval-alpha, else eps/4)")
     e.add_argument("--any-iterate", action=argparse.BooleanOptionalAction, default=False,
                    help="count a sample as broken at its first misclassified iterate (stronger, "
                         "cheaper); default: score the final iterate")
@@ -310,7 +315,8 @@ def _cmd_eval(args, device) -> int:
               + (f", {dist_utils.get_world_size()} processes" if dist_utils.is_distributed() else ""))
     evaluate(model, data, attacks=args.attacks, eps=eps, any_iterate=args.any_iterate,
              batch_size=args.batch_size, max_samples=args.max_samples, device=device, out=out,
-             distributed=True, progress=args.progress)
+             distributed=True, progress=args.progress,
+             alpha=args.alpha if args.alpha is not None else meta.get("eval_alpha"))
     if main:
         print(f"wrote {out}")
     return 0

@@ -162,9 +162,12 @@ def _robust_mask(model, spec, x: Tensor, y: Tensor, eps: float, any_iterate: boo
 def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, eps: float = 8 / 255,
              *, any_iterate: bool = False, batch_size: int = 256, max_samples: Optional[int] = None,
              device=None, out: Optional[str] = None, verbose: bool = True,
-             distributed: bool = False, progress: Optional[bool] = False) -> Dict:
+             distributed: bool = False, progress: Optional[bool] = False,
+             alpha: Optional[float] = None) -> Dict:
     """Accuracy (percent) of ``model`` under each of ``attacks`` (see the module doc).
-    ``progress``: a bar over the batches (``None``: only when stdout is a terminal)."""
+    ``progress``: a bar over the batches (``None``: only when stdout is a terminal). ``alpha``:
+    the step of the pgdK and cwK attacks instead of ε/4 (the official FAT-TRADES and FAT-MART
+    scripts evaluate with 0.003)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(attacks, str):
@@ -172,6 +175,13 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
     specs = {name: parse_attack(name) for name in attacks}
     if not specs:
         raise ValueError("attacks: give at least one attack")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
+                or alpha <= 0:
+            raise ValueError(f"alpha must be a finite number > 0 or None (eps/4), got {alpha!r}")
+        for name, spec in specs.items():
+            if spec["kind"] == "pgd" and spec["steps"] > 1:  # pgdK and cwK; not fgsm, not pgd+
+                spec["alpha"] = lambda e, a=float(alpha): a
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -215,7 +225,7 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
         seconds = {k: dist_utils.all_reduce_max(seconds[k]) for k in names}
     if n == 0:
         raise ValueError("data: no samples to evaluate")
-    result = {"n": n, "eps": float(eps), "any_iterate": bool(any_iterate),
+    result = {"n": n, "eps": float(eps), "alpha": alpha, "any_iterate": bool(any_iterate),
               "accuracy": {k: 100.0 * v / n for k, v in correct.items()}, "seconds": seconds}
     if distributed:
         result["world_size"] = world

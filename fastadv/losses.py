@@ -58,8 +58,16 @@ def gair_weights(kappa: Tensor, steps: int, lam: float, func: str = "tanh") -> T
         return torch.ones_like(k)
     if func == "discrete":
         w = (steps + 1 - k) / (steps + 1)
-    else:
-        h = max(steps // 2, 1)  # K = 1 would make h = 0: guard the division
-        z = lam + 5.0 * (h - k) / h
-        w = (1.0 + torch.tanh(z)) / 2.0 if func == "tanh" else torch.sigmoid(z)
-    return w * (k.numel() / w.sum())
+        return w * (k.numel() / w.sum())
+    h = max(steps // 2, 1)  # K = 1 would make h = 0: guard the division
+    d = 5.0 * (h - k) / h
+    z = lam + d
+    w = (1.0 + torch.tanh(z)) / 2.0 if func == "tanh" else torch.sigmoid(z)
+    # Normalised as the official code does, unless every weight underflowed to 0 (λ = −40, −∞):
+    # the official 0/0 is NaN; the same weights' limit is a softmax of their logarithms, with
+    # (1 + tanh z)/2 = σ(2z) and log σ(c·z) → c·d + const as λ → −∞.
+    c = 2.0 if func == "tanh" else 1.0
+    log_w = c * d if lam == -math.inf else F.logsigmoid(c * z)
+    stable = torch.softmax(log_w, 0) * k.numel()
+    total = w.sum()
+    return torch.where(total > 0, w * (k.numel() / total), stable)

@@ -38,7 +38,13 @@ def test_paper_presets():
     assert (fat.weight_decay, fat.omega, fat.tau) == (2e-4, 0.001, "dynamic")
     ft = resolve_config("fat-trades", dataset="cifar10", preset="paper")
     assert (ft.model, ft.epochs, ft.beta, ft.tau) == ("wrn-34-10", 85, 6.0, "dynamic")
-    assert resolve_config("fat-mart", dataset="cifar10", preset="paper").epochs == 90
+    fm = resolve_config("fat-mart", dataset="cifar10", preset="paper")
+    assert fm.epochs == 90
+    # Only FAT.py explores with ω = 0.001; FAT_for_TRADES/MART and GAIR-FAT use 0. The two FAT
+    # variants evaluate PGD-20 / C&W∞ with step 0.003.
+    gf = resolve_config("gair-fat", dataset="cifar10", preset="paper")
+    assert (ft.omega, fm.omega, gf.omega) == (0.0, 0.0, 0.0)
+    assert (ft.eval_alpha, fm.eval_alpha, fat.eval_alpha, gf.eval_alpha) == (0.003, 0.003, None, None)
     g = resolve_config("gairat", dataset="cifar10", preset="paper")
     assert (g.epochs, g.gair_start, g.lam) == (120, 60, -1.0)
     # An explicit option beats the preset.
@@ -126,7 +132,10 @@ def test_gair_lambda_starts_at_the_start_epoch():
 def test_method_table_matches_the_papers():
     assert METHODS["trades"].attack_loss == "kl" and METHODS["trades"].random_start == "normal"
     assert METHODS["fat-trades"].attack_loss == "kl" and METHODS["fat-trades"].random_start == "normal"
-    assert METHODS["mart"].attack_loss == "ce" and METHODS["mart"].random_start == "uniform"
+    # MART and FAT-MART: CE from x + 0.001·N(0, I), as YisenWang/MART mart.py and FAT_for_MART.py
+    # (issue #13 corrects SPEC §3 and an earlier "uniform").
+    for m in ("mart", "fat-mart"):
+        assert METHODS[m].attack_loss == "ce" and METHODS[m].random_start == "normal"
     assert METHODS["gairat"].attack == "gapgd" and METHODS["gair-fat"].attack == "earlystop"
     assert {m for m, s in METHODS.items() if s.has_tau} == {"fat", "fat-trades", "fat-mart", "gair-fat"}
 
@@ -177,3 +186,40 @@ def test_mart_loss_by_hand():
     base = mart_loss(adv, adv, y, 6.0)  # same adversarial part, zero KL
     full = mart_loss(logits, adv, y, 6.0)
     assert float(full - base) == pytest.approx(float(6.0 * kl0 * (1.0000001 - p[0, 0]) / 2), rel=1e-4)
+
+
+def test_gair_weights_never_nan_when_every_weight_underflows():
+    from fastadv.losses import gair_weights
+    kappa = torch.tensor([0, 2, 5, 10])
+    for func in ("tanh", "sigmoid"):
+        for lam in (-40.0, -float("inf")):
+            w = gair_weights(kappa, 10, lam, func)
+            assert bool(torch.isfinite(w).all()) and float(w.sum()) == pytest.approx(4.0)
+            assert bool((w[:-1] >= w[1:]).all())  # fewer steps resisted: a larger weight
+        # The limit: at λ = −40 the weights already equal the λ → −∞ ones.
+        assert torch.allclose(gair_weights(kappa, 10, -40.0, func),
+                              gair_weights(kappa, 10, -float("inf"), func))
+    # Where nothing underflows, the official normalisation, bit for bit.
+    z = -1.0 + 5.0 * (5 - kappa.float()) / 5
+    w = (1.0 + torch.tanh(z)) / 2.0
+    assert torch.equal(gair_weights(kappa, 10, -1.0), w * (4 / w.sum()))
+
+
+def test_evaluation_step_override():
+    import fastadv
+    from fastadv.evaluation import parse_attack
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    seen = []
+    real = fastadv.attacks.PGD.__init__
+
+    def spy(self, *a, **k):
+        seen.append(k.get("alpha"))
+        real(self, *a, **k)
+    import unittest.mock as mock
+    with mock.patch.object(fastadv.attacks.PGD, "__init__", spy):
+        r = fastadv.evaluate(model, (x, y), attacks=("fgsm", "pgd3", "cw3"), eps=0.1, alpha=0.003,
+                             verbose=False)
+    assert seen == [0.1, 0.003, 0.003] and r["alpha"] == 0.003  # FGSM keeps α = ε
+    assert parse_attack("pgd20")["alpha"](0.1) == pytest.approx(0.025)  # the default: ε/4

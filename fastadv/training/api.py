@@ -255,14 +255,16 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                        verbose=cfg.verbose and main)
     meta = {"model": cfg.model, "num_classes": train_ds.num_classes,
             "in_channels": train_ds.shape[0], "input_shape": list(train_ds.shape),
-            "dataset": cfg.dataset, "eps": cfg.eps, "method": cfg.method}
+            "dataset": cfg.dataset, "eps": cfg.eps, "eval_alpha": cfg.eval_alpha,
+            "method": cfg.method}
     trainer = Trainer(model, optimizer, cfg.method, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
                       tau=cfg.tau, omega=cfg.omega or 0.0, beta=cfg.beta, lam=cfg.lam,
                       weight_func=cfg.weight_func or "tanh", gair_start=cfg.gair_start,
                       epochs=cfg.epochs,
                       lr_fn=lambda e: lr_at(e, cfg.lr, cfg.epochs, cfg.lr_schedule),
                       device=device, amp=cfg.amp, channels_last=cfg.channels_last,
-                      compile=cfg.compile, progress=cfg.progress if main else False,
+                      compile=cfg.compile, eval_alpha=cfg.eval_alpha,
+                      progress=cfg.progress if main else False,
                       logger=logger, config=plain_config(cfg.to_dict()), meta=meta,
                       random_start="method" if cfg.random_start is None else cfg.random_start,
                       distributed=distributed, sync_bn=cfg.sync_bn)

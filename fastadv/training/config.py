@@ -68,9 +68,10 @@ METHODS: Dict[str, MethodSpec] = {
     "fat-trades": MethodSpec("fat-trades", "earlystop", "trades", attack_loss="kl",
                              random_start="normal",
                              dynamic_tau=((30, 50, 70), (0, 1, 2, 3), 85)),
-    # MART's official code attacks with CE from a uniform start.
-    "mart": MethodSpec("mart", "pgd", "mart"),
-    "fat-mart": MethodSpec("fat-mart", "earlystop", "mart",
+    # MART (YisenWang/MART mart.py, FAT's FAT_for_MART.py): a CE attack from the same tiny normal
+    # start as TRADES, x + 0.001·N(0, I) (not SPEC §3's KL: issue #13 corrects it).
+    "mart": MethodSpec("mart", "pgd", "mart", random_start="normal"),
+    "fat-mart": MethodSpec("fat-mart", "earlystop", "mart", random_start="normal",
                            dynamic_tau=((20, 40, 60, 80), (0, 1, 2, 3, 4), 90)),
     "gairat": MethodSpec("gairat", "gapgd", "ce", gair=True, default_lam=-1.0),
     "gair-fat": MethodSpec("gair-fat", "earlystop", "ce", gair=True, default_lam=0.0,
@@ -107,19 +108,20 @@ PAPER_PRESETS: Dict[str, Dict[str, Any]] = {
     "at": dict(_COMMON_PAPER, model="wrn-32-10", epochs=120, lr_schedule=_FAT_LR),
     "fat": dict(_COMMON_PAPER, model="wrn-32-10", epochs=120, lr_schedule=_FAT_LR, omega=0.001,
                 tau="dynamic"),
-    # TRADES / FAT-TRADES: WRN-34-10, 85 epochs, β = 6.
+    # TRADES / FAT-TRADES: WRN-34-10, 85 epochs, β = 6. FAT_for_TRADES.py: ω = 0, and its
+    # PGD-20 / C&W∞ evaluation steps by 0.003 (not ε/4).
     "trades": dict(_COMMON_PAPER, model="wrn-34-10", epochs=85, lr_schedule=_TRADES_LR),
     "fat-trades": dict(_COMMON_PAPER, model="wrn-34-10", epochs=85, lr_schedule=_TRADES_LR,
-                       omega=0.001, tau="dynamic"),
+                       omega=0.0, tau="dynamic", eval_alpha=0.003),
     # MART / FAT-MART: WRN-34-10, 90 epochs, lr 0.01, weight decay 3.5e-3.
     "mart": dict(_COMMON_PAPER, model="wrn-34-10", epochs=90, lr=0.01, weight_decay=3.5e-3,
                  lr_schedule=_MART_LR),
     "fat-mart": dict(_COMMON_PAPER, model="wrn-34-10", epochs=90, lr=0.01, weight_decay=3.5e-3,
-                     lr_schedule=_MART_LR, omega=0.001, tau="dynamic"),
+                     lr_schedule=_MART_LR, omega=0.0, tau="dynamic", eval_alpha=0.003),
     # GAIRAT / GAIR-FAT: WRN-32-10, 120 epochs, piecewise lr, reweighting from epoch 60.
     "gairat": dict(_COMMON_PAPER, model="wrn-32-10", epochs=120, lr_schedule="piecewise"),
     "gair-fat": dict(_COMMON_PAPER, model="wrn-32-10", epochs=120, lr_schedule="piecewise",
-                     omega=0.001, tau="dynamic"),
+                     omega=0.0, tau="dynamic"),  # the official GAIR-FAT script: ω = 0
 }
 PRESETS = (None, "paper")
 LR_SCHEDULES = ("constant", "piecewise", "cosine", "fat")
@@ -159,6 +161,7 @@ class TrainConfig:
     eval_samples: Union[int, str, None] = None   # test images evaluated per epoch ("all": every one)
     eval_every: int = 1                         # evaluate every N epochs (0: never)
     eval_batch_size: int = 256
+    eval_alpha: Optional[float] = None          # the evaluation's PGD-20 step (None: eps/4)
     seed: int = 0
     device: Optional[str] = None                # default: cuda if available, else cpu
     amp: Optional[str] = None                   # None or "bf16" (autocast)
@@ -325,6 +328,8 @@ def resolve_config(method: str = "fat", **options) -> TrainConfig:
     _check_number("lr", cfg.lr, minimum=0, strict=True)
     _check_number("momentum", cfg.momentum, minimum=0)
     _check_number("weight_decay", cfg.weight_decay, minimum=0)
+    if cfg.eval_alpha is not None:
+        _check_number("eval_alpha", cfg.eval_alpha, minimum=0, strict=True)
     for opt in ("eps", "alpha"):  # images are in [0, 1]: a step or radius above 1 is a slip
         _check_number(opt, getattr(cfg, opt), minimum=0)
         if getattr(cfg, opt) > 1:

@@ -81,7 +81,7 @@ class Trainer:
     the start of each epoch; alternatively a torch ``scheduler`` is stepped after each epoch.
     ``amp="bf16"``: autocast; ``channels_last``; ``compile``: ``torch.compile`` the model
     (``dynamic=True``: early stopping shrinks the batch). ``eval_steps``: PGD steps of the
-    per-epoch robust evaluation (PGD-20, α = ε/4). ``random_start``: ``"method"`` (the method's
+    per-epoch robust evaluation (PGD-20, α = ``eval_alpha`` or ε/4). ``random_start``: ``"method"`` (the method's
     own: uniform, or normal for TRADES) or an override, ``"uniform"``/``"normal"``/``None`` (off).
 
     ``distributed``: ``None`` = automatic (DDP when a process group with more than one rank is
@@ -95,7 +95,8 @@ class Trainer:
                  weight_func: str = "tanh", gair_start: Optional[int] = None,
                  epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
                  scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
-                 compile: bool = False, eval_steps: int = 20, progress: Optional[bool] = False,
+                 compile: bool = False, eval_steps: int = 20, eval_alpha: Optional[float] = None,
+                 progress: Optional[bool] = False,
                  logger: Optional[RunLogger] = None, config: Optional[dict] = None,
                  meta: Optional[dict] = None, random_start="method",
                  distributed: Optional[bool] = None, sync_bn: bool = False):
@@ -208,6 +209,7 @@ class Trainer:
         self.amp = amp
         self.channels_last = bool(channels_last)
         self.eval_steps = int(eval_steps)
+        self.eval_alpha = eval_alpha
         self.progress = progress
         self.logger = logger
         self.config = config
@@ -417,7 +419,8 @@ class Trainer:
             r = evaluate(self.fmodel, data, attacks=("natural", name), eps=self.eps,
                          batch_size=batch_size, max_samples=max_samples, device=self.device,
                          verbose=False, distributed=self.distributed,
-                         progress=use_progress(self.progress) and self.rank == 0)
+                         progress=use_progress(self.progress) and self.rank == 0,
+                         alpha=self.eval_alpha)
         if "local" in r:
             self.local_stats["eval"] = r["local"]
         return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
