@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--eval-every", type=int, default=None,
       help="evaluate every N epochs and after the last (0: never; default 1)")
     a("--eval-batch-size", type=int, default=None, help="evaluation batch size (default 256)")
+    a("--train-nat-acc", action=argparse.BooleanOptionalAction, default=None,
+      help="measure the clean training batches' accuracy (tr-nat%%) with one extra eval-mode "
+           "forward per step (default: yes; --no-train-nat-acc saves it)")
     a("--eval-alpha", type=_number, default=None,
       help="step of the PGD-20 evaluation (default eps/4; the fat-trades and fat-mart paper "
            "presets: 0.003, as their official scripts)")

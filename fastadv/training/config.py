@@ -162,6 +162,7 @@ class TrainConfig:
     eval_every: int = 1                         # evaluate every N epochs (0: never)
     eval_batch_size: int = 256
     eval_alpha: Optional[float] = None          # the evaluation's PGD-20 step (None: eps/4)
+    train_nat_acc: bool = True                  # one extra eval forward per step: train_nat_acc
     seed: int = 0
     device: Optional[str] = None                # default: cuda if available, else cpu
     amp: Optional[str] = None                   # None or "bf16" (autocast)
@@ -182,11 +183,11 @@ class TrainConfig:
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 BOOL_OPTIONS = ("download", "channels_last", "compile", "sync_bn", "resume", "overwrite", "verbose",
-                "verify_data")
+                "verify_data", "train_nat_acc")
 # Where and how a run executes, not what it trains or measures: a resume takes these from the
 # call that resumes, never from the checkpoint (a path or device stored there is not followed).
 RUNTIME_OPTIONS = ("data_dir", "download", "verify_data", "device", "progress", "verbose",
-                   "threads", "eval_batch_size", "out_dir", "resume", "overwrite")
+                   "threads", "eval_batch_size", "train_nat_acc", "out_dir", "resume", "overwrite")
 # The one recipe option a resume may change: more epochs extend the run (the lr and τ schedules
 # then follow the new length from the next epoch on).
 RESUME_CHANGEABLE = ("epochs",)

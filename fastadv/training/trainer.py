@@ -81,7 +81,10 @@ class Trainer:
     the start of each epoch; alternatively a torch ``scheduler`` is stepped after each epoch.
     ``amp="bf16"``: autocast; ``channels_last``; ``compile``: ``torch.compile`` the model
     (``dynamic=True``: early stopping shrinks the batch). ``eval_steps``: PGD steps of the
-    per-epoch robust evaluation (PGD-20, α = ``eval_alpha`` or ε/4). ``random_start``: ``"method"`` (the method's
+    per-epoch robust evaluation (PGD-20, α = ``eval_alpha`` or ε/4). ``train_nat_acc``: measure
+    the clean training batch's accuracy with one extra no-grad eval-mode forward after each update,
+    the same for every method (``False`` saves it: 10–13 % of a FAT τ = 1 step of the small CNN
+    on MNIST-size batches, ``benchmarks/train_nat_cost.py``; the column is then empty). ``random_start``: ``"method"`` (the method's
     own: uniform, or normal for TRADES) or an override, ``"uniform"``/``"normal"``/``None`` (off).
 
     ``distributed``: ``None`` = automatic (DDP when a process group with more than one rank is
@@ -96,6 +99,7 @@ class Trainer:
                  epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
                  scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
                  compile: bool = False, eval_steps: int = 20, eval_alpha: Optional[float] = None,
+                 train_nat_acc: bool = True,
                  progress: Optional[bool] = False,
                  logger: Optional[RunLogger] = None, config: Optional[dict] = None,
                  meta: Optional[dict] = None, random_start="method",
@@ -117,7 +121,8 @@ class Trainer:
             if v > 1:  # the attacks clip to [0, 1]: a radius or step above 1 is a slip
                 raise ValueError(f"{name}: {v:g} is larger than the whole [0, 1] pixel range; did "
                                  f"you mean {v:g}/255 = {v / 255:.4g}?")
-        for name, v in (("channels_last", channels_last), ("compile", compile), ("sync_bn", sync_bn)):
+        for name, v in (("channels_last", channels_last), ("compile", compile), ("sync_bn", sync_bn),
+                        ("train_nat_acc", train_nat_acc)):
             if not isinstance(v, bool):
                 raise TypeError(f"{name} must be True or False, got {v!r}")
         if distributed is not None and not isinstance(distributed, bool):
@@ -210,6 +215,7 @@ class Trainer:
         self.channels_last = bool(channels_last)
         self.eval_steps = int(eval_steps)
         self.eval_alpha = eval_alpha
+        self.train_nat_acc = train_nat_acc
         self.progress = progress
         self.logger = logger
         self.config = config
@@ -269,7 +275,8 @@ class Trainer:
         n = x.shape[0]
         if n == 0:  # nothing to learn from: no forward, no optimizer step (weight decay!)
             zero = torch.zeros((), dtype=torch.int64, device=self.device)
-            return {"loss": torch.zeros((), device=self.device), "nat_correct": zero,
+            return {"loss": torch.zeros((), device=self.device),
+                    "nat_correct": zero if self.train_nat_acc else None,
                     "adv_correct": zero.clone() if self.attack is not None else None, "n": 0,
                     "bp": 0, "bp_executed": 0}
         with explain_dtype_errors(self.model, x):
@@ -282,7 +289,6 @@ class Trainer:
                 res = self.attack.run(x, y)  # eval mode inside; no parameter gradients
         model = self.train_model  # the DDP wrapper when distributed
         (self.ddp if self.ddp is not None else self.model).train()
-        nat_correct = None
         with self._autocast():
             if self.spec.objective == "ce":
                 x_in = res.x_adv if res is not None else x
@@ -298,7 +304,6 @@ class Trainer:
                 logits_adv = model(res.x_adv).float()
                 fn = trades_loss if self.spec.objective == "trades" else mart_loss
                 loss = fn(logits_nat, logits_adv, y, self.beta)
-                nat_correct = (logits_nat.detach().argmax(1) == y).sum()
         # One host read per step (the attacks already make one): stop before a NaN update. Without
         # an attack, whose own read checks x's range, the range is checked here too.
         bad = [~torch.isfinite(loss.detach())]
@@ -321,12 +326,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        adv_correct = (logits_adv.detach().argmax(1) == y).sum()
-        if res is None:
-            nat_correct, adv_correct = adv_correct, None  # standard training: clean = "adv" input
-        elif nat_correct is None:
-            # Clean accuracy of the CE methods: one extra no-grad eval-mode forward (cheap
-            # next to the K forward/backward passes of the attack; uses no RNG).
+        adv_correct = (logits_adv.detach().argmax(1) == y).sum() if res is not None else None
+        nat_correct = None
+        if self.train_nat_acc:
+            # The clean batch's accuracy, measured alike for every method: one no-grad eval-mode
+            # forward after the update (it uses no RNG; off: ``train_nat_acc=False`` saves it).
             self.model.eval()
             with torch.no_grad(), self._autocast():
                 nat_correct = (self.fmodel(x).argmax(1) == y).sum()
@@ -368,7 +372,8 @@ class Trainer:
             except ValueError as e:  # bad data or a diverging loss: say where
                 raise _located(e, f"epoch {epoch + 1}, batch {b + 1}") from e
             loss_sum += s["loss"].double() * s["n"]
-            nat += s["nat_correct"]
+            if s["nat_correct"] is not None:
+                nat += s["nat_correct"]
             if s["adv_correct"] is not None:
                 adv += s["adv_correct"]
             n += s["n"]
@@ -400,7 +405,8 @@ class Trainer:
         bp_exec_avg = bp_exec / n if has_attack else 0.0
         return {
             "epoch": epoch + 1, "lr": lr, "tau": self.current_tau, "lam": self.current_lam,
-            "train_loss": float(loss_sum) / n, "train_nat_acc": 100.0 * int(nat) / n,
+            "train_loss": float(loss_sum) / n,
+            "train_nat_acc": 100.0 * int(nat) / n if self.train_nat_acc else None,
             "train_adv_acc": 100.0 * int(adv) / n if has_attack else None,
             "test_nat_acc": None, "test_pgd20_acc": None,
             "bp_avg": bp_avg, "bp_executed_avg": bp_exec_avg,
