@@ -81,10 +81,10 @@ def _train_epilog() -> str:
     """The per-dataset defaults, as a table (argparse's help lists options, not these)."""
     from .training.config import DATASET_DEFAULTS
     rows = ["per-dataset defaults:",
-            f"  {'dataset':<14} {'model':<16} {'eps':>7} {'alpha':>7} {'epochs':>6} {'lr':>6}"]
+            f"  {'dataset':<14} {'model':<16} {'eps':>8} {'alpha':>8} {'epochs':>6} {'lr':>6}"]
     for name in _datasets():
         d = DATASET_DEFAULTS[name]
-        rows.append(f"  {name:<14} {d['model']:<16} {d['eps']:>7.4g} {d['alpha']:>7.4g} "
+        rows.append(f"  {name:<14} {d['model']:<16} {d['eps']:>8.4g} {d['alpha']:>8.4g} "
                     f"{d['epochs']:>6} {d['lr']:>6g}")
     rows += ["  (cifar10/cifar100/svhn: eps = 8/255, alpha = 2/255; digits: eps 0.2 is 3.2 of its",
              "  16 grey levels, where an undefended model falls to ~0% PGD accuracy)",
