@@ -450,13 +450,14 @@ def test_an_empty_batch_is_skipped(small):
 
 
 class _DivergesAfter(nn.Module):
-    """A model whose logits turn NaN after ``after`` forward passes (as a diverging lr makes them)."""
+    """A model whose logits turn NaN after ``after`` training forward passes (as a diverging lr
+    makes them)."""
     def __init__(self, inner, after):
         super().__init__()
         self.inner, self.after, self.calls = inner, after, 0
 
     def forward(self, x):
-        self.calls += 1
+        self.calls += self.training  # the training forwards (not the eval-mode accuracy one)
         out = self.inner(x)
         return out * float("nan") if self.calls > self.after else out
 
