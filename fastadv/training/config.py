@@ -69,7 +69,7 @@ METHODS: Dict[str, MethodSpec] = {
                              random_start="normal",
                              dynamic_tau=((30, 50, 70), (0, 1, 2, 3), 85)),
     # MART (YisenWang/MART mart.py, FAT's FAT_for_MART.py): a CE attack from the same tiny normal
-    # start as TRADES, x + 0.001·N(0, I) (not SPEC §3's KL: issue #13 corrects it).
+    # start as TRADES, x + 0.001·N(0, I), as SPEC §3 says (fastadv used a uniform start before #13).
     "mart": MethodSpec("mart", "pgd", "mart", random_start="normal"),
     "fat-mart": MethodSpec("fat-mart", "earlystop", "mart", random_start="normal",
                            dynamic_tau=((20, 40, 60, 80), (0, 1, 2, 3, 4), 90)),
