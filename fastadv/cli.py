@@ -109,7 +109,6 @@ def _parser() -> argparse.ArgumentParser:
                                    "fastadv.train(); an option left out takes the dataset's "
                                    "default (below), the method's, or --preset's.",
                        epilog=_train_epilog())
-    a = t.add_argument
     g = t.add_argument_group("method")
     a = g.add_argument
     a("--method", type=str.lower, default=None,

@@ -89,6 +89,11 @@ def explain_dtype_errors(model, x: Tensor):
                         f"torch.autocast") from e
 
 
+def outside_box(x: Tensor, lo: float, hi: float) -> Tensor:
+    """0-dim bool on x's device: does x have a value outside [lo, hi], or a NaN? (No host read.)"""
+    return ~((x >= lo) & (x <= hi)).all()
+
+
 def input_range_message(x: Tensor, lo: float, hi: float) -> str:
     """The error for inputs outside the attack's box (computed only when raising)."""
     finite = x[torch.isfinite(x)]
@@ -153,7 +158,7 @@ class Attack:
             # clip_max] or NaN (it would be clipped silently), labels outside [0, C), non-finite
             # logits.
             self._flags = torch.zeros(3, dtype=torch.bool, device=x_nat.device)
-            self._flags[0] = ~((x_nat >= self.clip_min) & (x_nat <= self.clip_max)).all()
+            self._flags[0] = outside_box(x_nat, self.clip_min, self.clip_max)
             self._x = x_nat
             self._flags_read = False
             self._classes = None

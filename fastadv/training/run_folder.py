@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import tempfile
-from typing import BinaryIO, Callable, List, Optional
+from typing import BinaryIO, Callable, List
 
 from ..errors import RunFolderError
 
@@ -219,6 +219,3 @@ def _unlock(f) -> None:
         return
     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-
-def as_run_folder(out_dir) -> Optional[RunFolder]:
-    return out_dir if isinstance(out_dir, RunFolder) or out_dir is None else RunFolder(out_dir)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..attacks.base import explain_dtype_errors, input_range_message
+from ..attacks.base import explain_dtype_errors, input_range_message, outside_box
 from ..errors import CheckpointError, NonFiniteLossError, RunFolderError, UserError
 from .checkpoint import (atomic_save, load_checkpoint, load_model_state, make_checkpoint,
                          rng_state, runtime_info, set_rng_state, unwrap)
@@ -308,13 +308,13 @@ class Trainer:
         # an attack, whose own read checks x's range, the range is checked here too.
         bad = [~torch.isfinite(loss.detach())]
         if res is None:
-            bad.append(~((x >= 0) & (x <= 1)).all())
+            bad.append(outside_box(x, 0.0, 1.0))
         bad = torch.stack(bad).to(torch.int32)
         if self.distributed:  # every rank stops together (one that went on would wait forever)
             bad = dist_utils.all_reduce_sum(bad)
         bad_loss, *bad_x = bad.tolist()
         if bad_x and bad_x[0]:
-            mine = bool((~((x >= 0) & (x <= 1))).any())
+            mine = bool(outside_box(x, 0.0, 1.0))  # the error path only: a host read is fine
             raise ValueError(input_range_message(x, 0.0, 1.0) if mine else
                              "x lies outside [0, 1] on another rank")
         if bad_loss:
