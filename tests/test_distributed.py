@@ -60,6 +60,7 @@ def _worker_trainer(out: Path, spec: dict) -> None:
             torch.save({"row": row, "local": trainer.local_stats,
                         "state": {k: v.clone() for k, v in trainer.model.state_dict().items()}},
                        out / f"{method}_e{e}_r{rank}.pt")
+    del trainer  # its DDP wrapper goes before the process group it uses
     D.cleanup_distributed()
 
 
