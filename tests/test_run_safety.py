@@ -379,7 +379,7 @@ def test_pointless_option_combinations_are_refused():
     model = nn.Linear(4, 2)
     with pytest.raises(ValueError, match="alpha: 5 is larger"):
         fastadv.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), "at", alpha=5)
-    with pytest.raises(TypeError, match="compile must be True or False"):
+    with pytest.raises(TypeError, match="compile: must be True or False"):
         fastadv.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), "at", compile="no")
 
 

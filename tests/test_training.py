@@ -49,7 +49,7 @@ def make_trainer(method, **kw):
 ])
 def test_train_step_counts_bp_exactly(batch, method, tau, bp_right, bp_wrong, exec_wrong):
     x, y = batch
-    tr = make_trainer(method, tau=tau)
+    tr = make_trainer(method, tau=tau, epochs=2)  # gairat: plain CE until epoch 1 (= 2 // 2)
     before = [p.detach().clone() for p in tr.model.parameters()]
     s = tr.train_step(x, y)
     n0 = int((y == 0).sum())
@@ -104,8 +104,15 @@ def test_gair_weights_follow_kappa_and_start_epoch(batch, monkeypatch):
 def test_trainer_rejects_bad_arguments():
     with pytest.raises(ValueError, match="tau"):
         make_trainer("at", tau=1)
-    with pytest.raises(ValueError, match="epochs"):
-        make_trainer("fat", tau="dynamic")
+    x, y = torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
+    for method, kw in (("fat", {"tau": "dynamic"}), ("gairat", {})):
+        tr = make_trainer(method, **kw)  # the run's length may still come from fit(epochs=)
+        with pytest.raises(ValueError, match="epochs"):
+            tr.train_step(x, y)  # ... but a step needs it (dynamic τ; gair_start = epochs // 2)
+    from fastadv.training.methods import EarlyStopAttack, Method
+    no_schedule = Method("fat-fixed", EarlyStopAttack())  # a custom method without dynamic τ
+    with pytest.raises(ValueError, match="tau: this method has no dynamic schedule"):
+        make_trainer(no_schedule, tau="dynamic", epochs=4)
     with pytest.raises(ValueError, match="beta"):
         make_trainer("fat", beta=6.0)
     with pytest.raises(ValueError, match="eps"):

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from fastadv.training.config import METHODS, resolve_config
 from fastadv.training.objectives import ce_loss, mart_loss, trades_loss
-from fastadv.training.schedules import lam_at, lr_at, tau_at
+from fastadv.training.methods import lam_at, tau_at
+from fastadv.training.schedules import lr_at
 
 # ------------------------------------------------------------------------------ options
 
@@ -130,14 +131,24 @@ def test_gair_lambda_starts_at_the_start_epoch():
 
 
 def test_method_table_matches_the_papers():
-    assert METHODS["trades"].attack_loss == "kl" and METHODS["trades"].random_start == "normal"
-    assert METHODS["fat-trades"].attack_loss == "kl" and METHODS["fat-trades"].random_start == "normal"
+    from fastadv.training.methods import EarlyStopAttack, GAPGDAttack
+    from fastadv.training.objectives import GairCE, Mart, Trades
+    for m in ("trades", "fat-trades"):
+        atk = METHODS[m].attack
+        assert (atk.loss, atk.random_start) == ("kl", "normal")
+        assert type(METHODS[m].objective) is Trades
     # MART and FAT-MART: CE from x + 0.001·N(0, I), as YisenWang/MART mart.py and FAT_for_MART.py
     # (issue #13 corrects SPEC §3 and an earlier "uniform").
     for m in ("mart", "fat-mart"):
-        assert METHODS[m].attack_loss == "ce" and METHODS[m].random_start == "normal"
-    assert METHODS["gairat"].attack == "gapgd" and METHODS["gair-fat"].attack == "earlystop"
-    assert {m for m, s in METHODS.items() if s.has_tau} == {"fat", "fat-trades", "fat-mart", "gair-fat"}
+        atk = METHODS[m].attack
+        assert (atk.loss, atk.random_start) == ("ce", "normal")
+        assert type(METHODS[m].objective) is Mart
+    assert type(METHODS["gairat"].attack) is GAPGDAttack
+    assert isinstance(METHODS["gair-fat"].attack, EarlyStopAttack)
+    assert {m for m in METHODS if isinstance(METHODS[m].objective, GairCE)} == {"gairat", "gair-fat"}
+    assert {m for m, s in METHODS.items() if "tau" in s.options} == {"fat", "fat-trades", "fat-mart",
+                                                                    "gair-fat"}
+    assert METHODS["standard"].attack is None and METHODS["at"].attack.random_start == "uniform"
 
 # ------------------------------------------------------------------------------ objectives
 

@@ -72,9 +72,9 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     return models.create(cfg.model, num_classes=num_classes, in_channels=in_channels)
 
 
-def train(method: Optional[str] = None, tau=None, **options) -> TrainResult:
+def train(method=None, tau=None, **options) -> TrainResult:
     """Train with ``method`` (standard, at, fat, trades, fat-trades, mart, fat-mart, gairat,
-    gair-fat). Options: see :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir,
+    gair-fat, or a :class:`~fastadv.training.methods.Method` of your own). Options: see :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir,
     model, preset, epochs, batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps,
     omega, random_start, beta, lam, weight_func, gair_start, augment, train_samples, eval_samples,
     eval_every, seed, device, amp, channels_last, compile, sync_bn, out_dir, resume, overwrite,
@@ -100,7 +100,7 @@ def train(method: Optional[str] = None, tau=None, **options) -> TrainResult:
     stored = _stored_config(options)
     if method is None:
         method = stored.get("method") or "fat"
-    elif stored.get("method") and str(method).lower() != stored["method"]:
+    elif stored.get("method") and str(method).lower() != stored["method"].lower():
         raise RunFolderError(f"resume: {os.path.join(options['out_dir'], 'last.pt')} is a "
                              f"{stored['method']!r} run, not {method!r}")
     recipe = {k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__
@@ -257,9 +257,9 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
             "in_channels": train_ds.shape[0], "input_shape": list(train_ds.shape),
             "dataset": cfg.dataset, "eps": cfg.eps, "eval_alpha": cfg.eval_alpha,
             "method": cfg.method}
-    trainer = Trainer(model, optimizer, cfg.method, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
-                      tau=cfg.tau, omega=cfg.omega or 0.0, beta=cfg.beta, lam=cfg.lam,
-                      weight_func=cfg.weight_func or "tanh", gair_start=cfg.gair_start,
+    trainer = Trainer(model, optimizer, cfg.method_object, eps=cfg.eps, alpha=cfg.alpha,
+                      steps=cfg.steps, tau=cfg.tau, omega=cfg.omega, beta=cfg.beta, lam=cfg.lam,
+                      weight_func=cfg.weight_func, gair_start=cfg.gair_start,
                       epochs=cfg.epochs,
                       lr_fn=lambda e: lr_at(e, cfg.lr, cfg.epochs, cfg.lr_schedule),
                       device=device, amp=cfg.amp, channels_last=cfg.channels_last,
@@ -376,7 +376,7 @@ def _banner(cfg: TrainConfig, train_ds, n_eval: int, device, world: int = 1) -> 
 
 def _summary(logger: RunLogger, trainer: Trainer, cfg: TrainConfig) -> None:
     h = trainer.history
-    if not h or cfg.method == "standard":  # no attack, no BPs to report
+    if not h or cfg.method_object.attack is None:  # no attack, no BPs to report
         return
     total_bp = sum(r["bp_avg"] for r in h)
     total_exec = sum(r["bp_executed_avg"] for r in h)

@@ -1,15 +1,20 @@
-"""Outer-minimisation losses: CE (AT/FAT), GAIR-weighted CE, TRADES and MART.
+"""Outer-minimisation losses: CE (AT/FAT), GAIR-weighted CE, TRADES and MART, as functions and
+as the :class:`Objective` objects a training method is made of.
 
 TRADES and MART follow their official code (yaodongyu/TRADES:trades.py, YisenWang/MART:mart.py)
 term by term, including MART's numerical guards (1.0001, 1e-12, 1.0000001).
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .checks import Option, check_number, fail
 
 
 def ce_loss(logits_adv: Tensor, y: Tensor, weights: Optional[Tensor] = None) -> Tensor:
@@ -48,3 +53,129 @@ def mart_loss(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6
     kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(dim=1)
     loss_robust = (kl * (1.0000001 - true_probs)).sum() / n
     return loss_adv + float(beta) * loss_robust
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch of a method runs with: its resolved ``settings`` (τ, ω, β, λ, …), the
+    ``values`` its schedules give this epoch (``tau``, ``lam``; ``None`` where off) and the
+    attack's ``steps`` K."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
+    steps: int = 10
+
+
+class Objective:
+    """What loss trains on the attack's result. ``objective(model, x, y, res, plan)`` returns
+    ``(loss, logits_adv)`` (the logits the adversarial accuracy is counted on); ``res`` is the
+    attack's :class:`~fastadv.attacks.AttackResult`, or ``None`` for standard training (then the
+    clean batch is the input). ``options``: the :class:`~fastadv.training.checks.Option` s it
+    takes; ``epoch_values``: what its schedules give (0-based) ``epoch``."""
+    name = "ce"
+    options: Tuple[Option, ...] = ()
+    needs_attack = False  # True: it has no meaning without an attack (TRADES and MART do)
+
+    def epoch_values(self, settings: Mapping[str, Any], epoch: int,
+                     epochs: Optional[int]) -> Dict[str, Any]:
+        return {}
+
+    def __call__(self, model, x: Tensor, y: Tensor, res, plan: EpochPlan) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CE(Objective):
+    """``mean CE(f(x_adv), y)`` (AT, FAT); the clean batch without an attack (standard)."""
+    name = "ce"
+
+    def __call__(self, model, x, y, res, plan):
+        logits_adv = model(res.x_adv if res is not None else x).float()
+        return ce_loss(logits_adv, y), logits_adv
+
+
+def _check_lam(name, value, epochs):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        fail(name, f"must be a number (inf allowed: no reweighting), got {value!r}", TypeError)
+    return float(value)
+
+
+def _check_weight_func(name, value, epochs):
+    from ..losses import WEIGHT_FUNCS
+    if value not in WEIGHT_FUNCS:
+        fail(name, f"unknown {value!r}; available: {', '.join(WEIGHT_FUNCS)}")
+    return value
+
+
+def _check_gair_start(name, value, epochs):
+    check_number(name, value, minimum=0, integer=True)
+    if epochs is not None and value >= epochs:
+        fail(name, f"{value} is not before the end of the {epochs} epochs (0-based: the first "
+                   f"reweighted epoch), so the method would never reweight; use 0 … {epochs - 1}")
+    return value
+
+
+class GairCE(CE):
+    """GAIRAT's geometry-aware instance-reweighted CE: ``mean(w(κ)·CE)`` with the weights of
+    :func:`fastadv.losses.gair_weights` (λ, weight function; K the attack's steps), from epoch
+    ``gair_start`` on (plain CE before: the official burn-in; default: half the epochs). Needs an
+    attack that returns κ (GA-PGD, or FAT's early-stopped PGD)."""
+    name = "gair-ce"
+    needs_attack = True
+
+    def __init__(self, default_lam: float = -1.0):
+        self.default_lam = float(default_lam)
+        self.options = (
+            Option("lam", "GAIR reweighting (its λ)", self.default_lam, _check_lam),
+            Option("weight_func", "GAIR reweighting (its weight function)", "tanh",
+                   _check_weight_func),
+            Option("gair_start", "GAIR reweighting (its first epoch)",
+                   lambda epochs: epochs // 2 if epochs else None, _check_gair_start))
+
+    def epoch_values(self, settings, epoch, epochs):
+        start, lam = settings.get("gair_start"), settings.get("lam")
+        if start is None:
+            fail("gair_start", "the default, half the epochs, needs the run's length: pass "
+                               "epochs= (to the Trainer or to fit) or gair_start=")
+        return {"lam": None if lam is None or epoch < start else float(lam)}
+
+    def __call__(self, model, x, y, res, plan):
+        logits_adv = model(res.x_adv).float()
+        lam = plan.values.get("lam")
+        weights = None
+        if lam is not None:
+            from ..losses import gair_weights
+            weights = gair_weights(res.kappa, plan.steps, lam, func=plan.settings["weight_func"])
+        return ce_loss(logits_adv, y, weights), logits_adv
+
+    def __repr__(self) -> str:
+        return f"GairCE(default_lam={self.default_lam:g})"
+
+
+def _check_beta(name, value, epochs):
+    check_number(name, value, minimum=0)
+    return float(value)
+
+
+class Trades(Objective):
+    """TRADES: ``CE(f(x), y) + β·KL(f(x) ‖ f(x_adv))`` (:func:`trades_loss`); β default 6. The
+    natural branch runs first, as in the official code."""
+    name = "trades"
+    needs_attack = True
+    options = (Option("beta", "TRADES/MART robust-term weight β", 6.0, _check_beta),)
+    loss_fn = staticmethod(trades_loss)
+
+    def __call__(self, model, x, y, res, plan):
+        logits_nat = model(x).float()
+        logits_adv = model(res.x_adv).float()
+        return self.loss_fn(logits_nat, logits_adv, y, plan.settings["beta"]), logits_adv
+
+
+class Mart(Trades):
+    """MART: ``BCE(f(x_adv), y) + β·mean(KL·(1 − p_y(x)))`` (:func:`mart_loss`); β default 6."""
+    name = "mart"
+    loss_fn = staticmethod(mart_loss)

@@ -37,20 +37,13 @@ from ..attacks.base import explain_dtype_errors, input_range_message, outside_bo
 from ..errors import CheckpointError, NonFiniteLossError, RunFolderError, UserError
 from .checkpoint import (atomic_save, load_checkpoint, load_model_state, make_checkpoint,
                          rng_state, runtime_info, set_rng_state, unwrap)
-from .config import METHODS, WEIGHT_FUNCS
+from .checks import check_attack_budget, check_bool, check_number, fail
 from . import distributed as dist_utils
 from .logging import RunLogger, progress_bar, use_progress
-from .objectives import ce_loss, mart_loss, trades_loss
+from .methods import METHOD_OPTIONS, Method, get_method
+from .objectives import EpochPlan
 from ..data.loader import unpack_batch
 from .run_folder import RunFolder
-from .schedules import lam_at, tau_at
-
-
-def _finite_number(name: str, value, minimum=None, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and (value < minimum or (strict and value == minimum)):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
 
 
 def _check_optimizer_fits(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
@@ -72,12 +65,15 @@ def _located(e: Exception, where: str) -> Exception:
 
 
 class Trainer:
-    """Adversarial training of ``model`` with ``optimizer`` by ``method`` (see
-    :data:`fastadv.training.config.METHODS`).
+    """Adversarial training of ``model`` with ``optimizer`` by ``method`` (a name of
+    :data:`fastadv.training.methods.METHODS` or a :class:`~fastadv.training.methods.Method`).
 
-    ``tau``: int or ``"dynamic"`` (FAT methods; dynamic needs ``epochs``). ``lam``/``weight_func``/
-    ``gair_start``: GAIR reweighting (gairat, gair-fat; plain CE before epoch ``gair_start``).
-    ``beta``: TRADES/MART. ``omega``: FAT's exploration noise. ``lr_fn(epoch) -> lr`` sets the lr at
+    The method's own options, resolved and checked by the method exactly as :func:`fastadv.train`
+    does (``None``: its default): ``tau``: int or ``"dynamic"`` (FAT methods; default 1;
+    dynamic needs ``epochs``); ``omega``: FAT's exploration noise (default 0); ``beta``:
+    TRADES/MART (default 6); ``lam``/``weight_func``/``gair_start``: GAIR reweighting (gairat,
+    gair-fat; plain CE before epoch ``gair_start``, default half the ``epochs``, which must then be
+    given here or to :meth:`fit`). ``lr_fn(epoch) -> lr`` sets the lr at
     the start of each epoch; alternatively a torch ``scheduler`` is stepped after each epoch.
     ``amp="bf16"``: autocast; ``channels_last``; ``compile``: ``torch.compile`` the model
     (``dynamic=True``: early stopping shrinks the batch). ``eval_steps``: PGD steps of the
@@ -94,8 +90,9 @@ class Trainer:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: str = "at", *,
                  eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, tau=None,
-                 omega: float = 0.0, beta: Optional[float] = None, lam: Optional[float] = None,
-                 weight_func: str = "tanh", gair_start: Optional[int] = None,
+                 omega: Optional[float] = None, beta: Optional[float] = None,
+                 lam: Optional[float] = None, weight_func: Optional[str] = None,
+                 gair_start: Optional[int] = None,
                  epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
                  scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
                  compile: bool = False, eval_steps: int = 20, eval_alpha: Optional[float] = None,
@@ -112,54 +109,34 @@ class Trainer:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if not isinstance(method, str) or method.lower() not in METHODS:
-            raise ValueError(f"method: unknown {method!r}; available: {', '.join(METHODS)}")
-        self.method = method.lower()
-        self.spec = METHODS[self.method]
-        for name, v in (("eps", eps), ("alpha", alpha)):
-            _finite_number(name, v, 0)
-            if v > 1:  # the attacks clip to [0, 1]: a radius or step above 1 is a slip
-                raise ValueError(f"{name}: {v:g} is larger than the whole [0, 1] pixel range; did "
-                                 f"you mean {v:g}/255 = {v / 255:.4g}?")
+        self.method_object = get_method(method)
+        self.method = self.method_object.name
+        check_attack_budget(eps, alpha, steps)
         for name, v in (("channels_last", channels_last), ("compile", compile), ("sync_bn", sync_bn),
                         ("train_nat_acc", train_nat_acc)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name} must be True or False, got {v!r}")
+            check_bool(name, v)
         if distributed is not None and not isinstance(distributed, bool):
             raise TypeError(f"distributed must be True, False or None (automatic), got {distributed!r}")
         _check_optimizer_fits(optimizer, model)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if self.spec.has_tau:
-            tau = 1 if tau is None else tau
-            if tau != "dynamic" and (not isinstance(tau, int) or isinstance(tau, bool) or tau < 0):
-                raise ValueError(f"tau must be an int >= 0 or 'dynamic', got {tau!r}")
-            if tau == "dynamic" and not epochs:
-                raise ValueError("epochs: tau='dynamic' scales the official schedule to the number "
-                                 "of epochs; pass epochs=")
-            _finite_number("omega", omega, 0)
-        elif tau is not None:
-            raise ValueError(f"tau: method {self.method!r} has no early stopping")
-        if self.spec.has_beta:
-            beta = 6.0 if beta is None else beta
-            _finite_number("beta", beta, 0)
-        elif beta is not None:
-            raise ValueError(f"beta: method {self.method!r} has no beta (trades/mart methods only)")
-        if self.spec.gair:
-            lam = self.spec.default_lam if lam is None else lam
-            if weight_func not in WEIGHT_FUNCS:
-                raise ValueError(f"weight_func: unknown {weight_func!r}; available: {WEIGHT_FUNCS}")
-            gair_start = (epochs // 2 if epochs else 0) if gair_start is None else gair_start
-        elif lam is not None:
-            raise ValueError(f"lam: method {self.method!r} does not reweight (gairat/gair-fat only)")
+        check_number("epochs", epochs, minimum=1, integer=True, allow_none=True)
+        # The method's options as given (None: its default); resolved now and again whenever
+        # the number of epochs becomes known (fit), so defaults like gair_start follow it.
+        self.method_options = dict(tau=tau, omega=omega, beta=beta, lam=lam,
+                                   weight_func=weight_func, gair_start=gair_start)
+        self.epochs = epochs
+        self.settings = self.method_object.resolve(self.method_options, epochs)
         if amp not in (None, "bf16"):
-            raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+            fail("amp", f"must be None or 'bf16', got {amp!r}")
         if isinstance(random_start, str) and random_start.lower() == "none":
             random_start = None
         if random_start != "method":
             from ..attacks.base import normalize_random_start
             random_start = normalize_random_start(random_start)
-        self.random_start = self.spec.random_start if random_start == "method" else random_start
+        attack = self.method_object.attack
+        if random_start not in ("method", None) and attack is None:
+            fail("random_start", f"method {self.method!r} runs no attack")
+        self.random_start = (attack.random_start if attack is not None else None) \
+            if random_start == "method" else random_start
         if distributed is None:
             distributed = ddp is not None or dist_utils.is_distributed()
         if distributed and not dist_utils.is_distributed():
@@ -208,9 +185,6 @@ class Trainer:
         self.scheduler = scheduler
         self.lr_fn = lr_fn
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
-        self.tau, self.omega, self.beta = tau, float(omega), beta
-        self.lam, self.weight_func, self.gair_start = lam, weight_func, gair_start
-        self.epochs = epochs
         self.amp = amp
         self.channels_last = bool(channels_last)
         self.eval_steps = int(eval_steps)
@@ -227,26 +201,41 @@ class Trainer:
 
     # ------------------------------------------------------------------ schedules / attack
     def set_epoch(self, epoch: int) -> None:
-        """Select the τ, λ (and attack) of 0-based ``epoch``."""
+        """Select the attack and schedule values (τ, λ) of 0-based ``epoch``. A schedule that
+        needs the run's length while ``epochs`` is unknown is planned at the first step."""
         self.current_epoch = epoch
-        self.current_tau = tau_at(self.method, self.tau, epoch, self.epochs or 1)
-        self.current_lam = lam_at(self.method, self.lam, epoch, self.gair_start)
-        self.attack = self._make_attack()
+        self.plan = self.attack = None
+        try:
+            self._plan_epoch()
+        except UserError:
+            pass  # e.g. dynamic τ before fit(epochs=) is known: raised by train_step if still so
 
-    def _make_attack(self):
-        from .. import attacks
-        s = self.spec
-        common = dict(eps=self.eps, alpha=self.alpha, steps=self.steps,
-                      random_start=self.random_start, loss=s.attack_loss)
-        if s.attack is None:
-            return None
-        if s.attack == "pgd":
-            return attacks.PGD(self.fmodel, **common)
-        if s.attack == "earlystop":
-            return attacks.EarlyStopPGD(self.fmodel, tau=self.current_tau, omega=self.omega, **common)
-        if s.attack == "gapgd":
-            return attacks.GAPGD(self.fmodel, **common)
-        raise AssertionError(s.attack)
+    def _plan_epoch(self) -> None:
+        m = self.method_object
+        self.plan = m.plan(self.settings, self.current_epoch, self.epochs, self.steps)
+        self.attack = None if m.attack is None else m.attack.build(
+            self.fmodel, eps=self.eps, alpha=self.alpha, steps=self.steps,
+            random_start=self.random_start, plan=self.plan)
+
+    def _set_epochs(self, epochs: int) -> None:
+        """The run's length is known (fit): re-resolve the defaults that follow it."""
+        if epochs != self.epochs:
+            self.epochs = epochs
+            self.settings = self.method_object.resolve(self.method_options, epochs)
+
+    @property
+    def current_tau(self) -> Optional[int]:
+        return self.plan.values.get("tau") if self.plan is not None else None
+
+    @property
+    def current_lam(self) -> Optional[float]:
+        return self.plan.values.get("lam") if self.plan is not None else None
+
+    def __getattr__(self, name):
+        # tau, omega, beta, lam, weight_func, gair_start: the resolved method options.
+        if name in METHOD_OPTIONS and "settings" in self.__dict__:
+            return self.settings.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _autocast(self):
         if self.amp == "bf16":
@@ -283,27 +272,15 @@ class Trainer:
             return self._train_step(x, y, n)
 
     def _train_step(self, x: Tensor, y: Tensor, n: int) -> Dict[str, Any]:
+        if self.plan is None:
+            self._plan_epoch()  # raises the schedule's error if epochs are still unknown
         res = None
         if self.attack is not None:
             with self._autocast():
                 res = self.attack.run(x, y)  # eval mode inside; no parameter gradients
-        model = self.train_model  # the DDP wrapper when distributed
         (self.ddp if self.ddp is not None else self.model).train()
-        with self._autocast():
-            if self.spec.objective == "ce":
-                x_in = res.x_adv if res is not None else x
-                logits_adv = model(x_in).float()
-                weights = None
-                if self.spec.gair and self.current_lam is not None:
-                    from ..losses import gair_weights
-                    weights = gair_weights(res.kappa, self.steps, self.current_lam,
-                                           func=self.weight_func)
-                loss = ce_loss(logits_adv, y, weights)
-            else:
-                logits_nat = model(x).float()  # the official order: natural branch first
-                logits_adv = model(res.x_adv).float()
-                fn = trades_loss if self.spec.objective == "trades" else mart_loss
-                loss = fn(logits_nat, logits_adv, y, self.beta)
+        with self._autocast():  # the method's objective; the DDP wrapper when distributed
+            loss, logits_adv = self.method_object.objective(self.train_model, x, y, res, self.plan)
         # One host read per step (the attacks already make one): stop before a NaN update. Without
         # an attack, whose own read checks x's range, the range is checked here too.
         bad = [~torch.isfinite(loss.detach())]
@@ -345,6 +322,8 @@ class Trainer:
         (without the test columns)."""
         epoch = self.epoch if epoch is None else epoch
         self.set_epoch(epoch)
+        if self.plan is None:
+            self._plan_epoch()  # the schedule's error, before the epoch starts
         if self.lr_fn is not None:
             for g in self.optimizer.param_groups:
                 g["lr"] = self.lr_fn(epoch)
@@ -448,9 +427,8 @@ class Trainer:
         epochs = self.epochs if epochs is None else epochs
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        if not isinstance(overwrite, bool):
-            raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
-        self.epochs = epochs
+        check_bool("overwrite", overwrite)
+        self._set_epochs(epochs)
         main = self.rank == 0
         folder, own_folder = out_dir, False
         if out_dir is not None and not isinstance(out_dir, RunFolder):

@@ -1,0 +1,271 @@
+"""Training methods as small objects: an attack recipe, an objective, their options and schedules.
+
+A :class:`Method` is a name, an :class:`AttackRecipe` (the attack run on every batch: PGD-K,
+FAT's early-stopped PGD-K-τ, GAIRAT's GA-PGD; ``None`` for standard training) and an
+:class:`~fastadv.training.objectives.Objective` (the loss trained on its result: CE, GAIR-CE,
+TRADES, MART). Each part declares the options it takes (τ and ω for the early-stop attack, β for
+TRADES and MART, λ, weight function and first epoch for GAIR) with their defaults, and the
+per-epoch schedules (FAT's dynamic τ, GAIR's start). :meth:`Method.resolve` fills in and checks
+those options, for :func:`fastadv.train` and :class:`~fastadv.training.Trainer` alike, and refuses
+one the method does not take.
+
+:data:`METHODS` maps the built-in names to their objects. A method of your own::
+
+    from fastadv.training.methods import Method, EarlyStopAttack
+    from fastadv.training.objectives import GairCE
+    mine = Method("gair-fat-kl", EarlyStopAttack(loss="kl", random_start="normal"), GairCE(0.0))
+    fastadv.train(method=mine, tau=2, epochs=10)      # or Trainer(model, opt, method=mine)
+
+(Options are the fields of :class:`~fastadv.training.config.TrainConfig`; a resumed run of your
+own method needs the object passed again.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .checks import Option, check_number, fail
+from .objectives import CE, EpochPlan, GairCE, Mart, Objective, Trades
+from .schedules import scale_boundaries
+
+# ----------------------------------------------------------------------------- attack recipes
+
+
+class AttackRecipe:
+    """The attack a method runs on each training batch. ``loss``: the attack loss (``ce``,
+    ``kl`` for TRADES' attack, ``cw``); ``random_start``: its start (``uniform``, ``normal``:
+    x + 0.001·N(0, I) as in the TRADES/MART code, or ``None``). ``build(model, eps=, alpha=,
+    steps=, random_start=, plan=)`` returns the :class:`~fastadv.attacks.Attack` of one epoch."""
+    options: Tuple[Option, ...] = ()
+    stops_early = False  # True: rows leave the attack early (FAT's τ)
+
+    def __init__(self, loss: str = "ce", random_start: Optional[str] = "uniform"):
+        from ..attacks.base import ATTACK_LOSSES, normalize_random_start
+        if loss not in ATTACK_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(ATTACK_LOSSES)}, got {loss!r}")
+        self.loss = loss
+        self.random_start = normalize_random_start(random_start)
+
+    def epoch_values(self, settings: Mapping[str, Any], epoch: int,
+                     epochs: Optional[int]) -> Dict[str, Any]:
+        return {}
+
+    def build(self, model, *, eps, alpha, steps, random_start, plan: EpochPlan):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(loss={self.loss!r}, random_start={self.random_start!r})"
+
+
+class PGDAttack(AttackRecipe):
+    """PGD-K: every row takes all K steps (AT, TRADES, MART)."""
+
+    def build(self, model, *, eps, alpha, steps, random_start, plan):
+        from ..attacks import PGD
+        return PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+                   loss=self.loss)
+
+
+class GAPGDAttack(PGDAttack):
+    """GAIRAT's GA-PGD: PGD-K that also counts κ, the checks each row survived."""
+
+    def build(self, model, *, eps, alpha, steps, random_start, plan):
+        from ..attacks import GAPGD
+        return GAPGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+                     loss=self.loss)
+
+
+@dataclass(frozen=True)
+class DynamicTau:
+    """The official dynamic τ: ``values[i]`` where i is the number of ``boundaries`` the
+    (0-based) epoch is past, the boundaries given for a run of ``paper_epochs`` and scaled to
+    the run's length (the official code tests ``epoch <= b``, so τ changes *after* each
+    boundary epoch)."""
+    boundaries: Tuple[int, ...]
+    values: Tuple[int, ...]
+    paper_epochs: int
+
+    def at(self, epoch: int, epochs: int) -> int:
+        scaled = scale_boundaries(self.boundaries, self.paper_epochs, epochs)
+        return self.values[sum(epoch > b for b in scaled)]
+
+
+class EarlyStopAttack(AttackRecipe):
+    """FAT's PGD-K-τ (:class:`~fastadv.attacks.EarlyStopPGD`): a row stops once misclassified
+    and its budget τ is spent. Options ``tau`` (default 1; ``"dynamic"``: the official schedule
+    ``dynamic_tau`` scaled to the run) and ``omega`` (the ω·N(0, I) exploration noise, default 0).
+    """
+    stops_early = True
+
+    def __init__(self, loss: str = "ce", random_start: Optional[str] = "uniform",
+                 dynamic_tau: Optional[DynamicTau] = None):
+        super().__init__(loss, random_start)
+        self.dynamic_tau = dynamic_tau
+        self.options = (Option("tau", "FAT's early-stop budget τ", 1, self._check_tau),
+                        Option("omega", "FAT's exploration noise ω", 0.0, _check_omega))
+
+    def _check_tau(self, name, value, epochs):
+        if isinstance(value, str):
+            if value.lower() != "dynamic":
+                fail(name, f"must be an int >= 0 or 'dynamic', got {value!r}")
+            if self.dynamic_tau is None:
+                fail(name, "this method has no dynamic schedule; give an int >= 0")
+            return "dynamic"
+        check_number(name, value, minimum=0, integer=True)
+        return value
+
+    def epoch_values(self, settings, epoch, epochs):
+        tau = settings["tau"]
+        if tau != "dynamic":
+            return {"tau": int(tau)}
+        if epochs is None:
+            fail("epochs", "tau='dynamic' scales the official schedule to the number of epochs; "
+                           "pass epochs= (to the Trainer or to fit)")
+        return {"tau": self.dynamic_tau.at(epoch, epochs)}
+
+    def build(self, model, *, eps, alpha, steps, random_start, plan):
+        from ..attacks import EarlyStopPGD
+        return EarlyStopPGD(model, eps=eps, alpha=alpha, steps=steps, tau=plan.values["tau"],
+                            omega=plan.settings["omega"], random_start=random_start,
+                            loss=self.loss)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", dynamic_tau={self.dynamic_tau})"
+
+
+def _check_omega(name, value, epochs):
+    check_number(name, value, minimum=0)
+    return float(value)
+
+# ----------------------------------------------------------------------------- the method
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: ``attack`` (an :class:`AttackRecipe`, ``None`` for standard
+    training), ``objective`` (an :class:`~fastadv.training.objectives.Objective`) and ``paper``
+    (its paper's CIFAR-10 recipe for ``preset="paper"``: options such as model, epochs,
+    lr_schedule; ``None`` if it has none)."""
+    name: str
+    attack: Optional[AttackRecipe]
+    objective: Objective = field(default_factory=CE)
+    paper: Optional[Mapping[str, Any]] = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name must be a non-empty str, got {self.name!r}")
+        if self.attack is not None and not isinstance(self.attack, AttackRecipe):
+            raise TypeError(f"attack must be an AttackRecipe or None, got {self.attack!r}")
+        if not isinstance(self.objective, Objective):
+            raise TypeError(f"objective must be an Objective, got {self.objective!r}")
+        if self.attack is None and self.objective.needs_attack:
+            raise ValueError(f"objective: {self.objective!r} trains on an attack's result; give "
+                             f"the method an attack")
+
+    @property
+    def options(self) -> Dict[str, Option]:
+        """The method-specific options it takes, by name."""
+        parts = (self.attack.options if self.attack else ()) + self.objective.options
+        return {o.name: o for o in parts}
+
+    def resolve(self, given: Mapping[str, Any], epochs: Optional[int]) -> Dict[str, Any]:
+        """Every option of this method, checked, with the defaults filled in (``None`` for a
+        default that needs ``epochs`` while it is unknown). A method-specific option (one of
+        :data:`METHOD_OPTIONS`) that this method does not take and that is not ``None`` in
+        ``given`` raises, naming the methods that take it."""
+        mine = self.options
+        for name in METHOD_OPTIONS:
+            if given.get(name) is not None and name not in mine:
+                fail(name, f"method {self.name!r} has no {OPTION_WHAT[name]}; {name} applies to "
+                           f"{', '.join(m for m, s in METHODS.items() if name in s.options)}")
+        return {name: opt.resolve(given.get(name), epochs) for name, opt in mine.items()}
+
+    def plan(self, settings: Mapping[str, Any], epoch: int, epochs: Optional[int],
+             steps: int) -> EpochPlan:
+        """The :class:`EpochPlan` of (0-based) ``epoch``: its τ, λ, ... from the schedules."""
+        values = dict(self.attack.epoch_values(settings, epoch, epochs) if self.attack else {})
+        values.update(self.objective.epoch_values(settings, epoch, epochs))
+        return EpochPlan(settings=dict(settings), values=values, steps=steps)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def get_method(method) -> Method:
+    """A :class:`Method` from a built-in name (any case) or the object itself."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, str) and method.lower() in METHODS:
+        return METHODS[method.lower()]
+    from .checks import did_you_mean
+    fail("method", f"unknown method {method!r}{did_you_mean(method, METHODS)}; available: "
+                   f"{', '.join(METHODS)} (or a fastadv.training.methods.Method)")
+
+# ----------------------------------------------------------------------------- the built-ins
+
+
+# Each paper's CIFAR-10 recipe (the official repositories' defaults). Dict lr_schedules give
+# milestones as fractions of the epochs (a shortened run keeps the shape); factors multiply the lr.
+_PAPER = dict(eps=0.031, alpha=0.007, steps=10, batch_size=128, momentum=0.9, weight_decay=2e-4,
+              lr=0.1)
+# FAT.py: WRN-32-10, 120 epochs, the lr ×0.1/×0.01/×0.005 at 60/90/110 ("fat"), ω = 0.001.
+_FAT_PAPER = dict(_PAPER, model="wrn-32-10", epochs=120, lr_schedule="fat")
+# TRADES / FAT_for_TRADES.py: WRN-34-10, 85 epochs, β = 6; FAT's variant: ω = 0 and its PGD-20 /
+# C&W∞ evaluation steps by 0.003 (not ε/4).
+_TRADES_PAPER = dict(_PAPER, model="wrn-34-10", epochs=85,
+                     lr_schedule={"milestones": [75 / 85], "factors": [0.1]})
+# MART / FAT_for_MART.py: WRN-34-10, 90 epochs, lr 0.01, weight decay 3.5e-3.
+_MART_PAPER = dict(_PAPER, model="wrn-34-10", epochs=90, lr=0.01, weight_decay=3.5e-3,
+                   lr_schedule={"milestones": [75 / 90], "factors": [0.1]})
+# GAIRAT / GAIR-FAT: WRN-32-10, 120 epochs, piecewise lr, reweighting from epoch 60.
+_GAIR_PAPER = dict(_PAPER, model="wrn-32-10", epochs=120, lr_schedule="piecewise")
+_FAT_EVAL = dict(omega=0.0, tau="dynamic", eval_alpha=0.003)
+
+METHODS: Dict[str, Method] = {
+    "standard": Method("standard", None, CE(), _FAT_PAPER),
+    "at": Method("at", PGDAttack(), CE(), _FAT_PAPER),
+    "fat": Method("fat", EarlyStopAttack(dynamic_tau=DynamicTau((50, 90), (0, 1, 2), 120)), CE(),
+                  dict(_FAT_PAPER, omega=0.001, tau="dynamic")),
+    # TRADES: KL attack loss from a tiny normal start (σ = 0.001), as in the official code.
+    "trades": Method("trades", PGDAttack("kl", "normal"), Trades(), _TRADES_PAPER),
+    "fat-trades": Method("fat-trades", EarlyStopAttack(
+        "kl", "normal", DynamicTau((30, 50, 70), (0, 1, 2, 3), 85)), Trades(),
+        dict(_TRADES_PAPER, **_FAT_EVAL)),
+    # MART (YisenWang/MART mart.py, FAT's FAT_for_MART.py): a CE attack from the same tiny normal
+    # start as TRADES, x + 0.001·N(0, I) (SPEC §3).
+    "mart": Method("mart", PGDAttack("ce", "normal"), Mart(), _MART_PAPER),
+    "fat-mart": Method("fat-mart", EarlyStopAttack(
+        "ce", "normal", DynamicTau((20, 40, 60, 80), (0, 1, 2, 3, 4), 90)), Mart(),
+        dict(_MART_PAPER, **_FAT_EVAL)),
+    "gairat": Method("gairat", GAPGDAttack(), GairCE(default_lam=-1.0), _GAIR_PAPER),
+    # The official GAIR-FAT script: ω = 0.
+    "gair-fat": Method("gair-fat", EarlyStopAttack(dynamic_tau=DynamicTau((40, 70), (0, 3, 6), 120)),
+                       GairCE(default_lam=0.0), dict(_GAIR_PAPER, omega=0.0, tau="dynamic")),
+}
+
+# The method-specific options (fields of TrainConfig and keywords of Trainer), and what each is.
+OPTION_WHAT: Dict[str, str] = {}
+for _m in METHODS.values():
+    OPTION_WHAT.update({name: o.what for name, o in _m.options.items()})
+METHOD_OPTIONS = tuple(OPTION_WHAT)
+
+
+def tau_at(method, tau, epoch: int, epochs: int) -> Optional[int]:
+    """τ used in (0-based) ``epoch`` by ``method`` (a name or a :class:`Method`): ``tau`` itself,
+    or the method's official dynamic schedule scaled to ``epochs`` (FAT 0/1/2 after 50/90 of 120;
+    FAT-TRADES 0…3 after 30/50/70 of 85; FAT-MART 0…4 after 20/40/60/80 of 90; GAIR-FAT 0/3/6
+    after 40/70 of 120). ``None`` for methods without τ."""
+    m = get_method(method)
+    if tau is None or m.attack is None or not m.attack.stops_early:
+        return None
+    return m.attack.epoch_values({"tau": m.attack._check_tau("tau", tau, epochs)}, epoch,
+                                 epochs)["tau"]
+
+
+def lam_at(method, lam, epoch: int, gair_start: Optional[int]) -> Optional[float]:
+    """GAIR's λ in (0-based) ``epoch``: ``None`` before ``gair_start`` (plain CE: GAIRAT's
+    burn-in) and for methods that do not reweight, else ``lam``."""
+    m = get_method(method)
+    if lam is None or not isinstance(m.objective, GairCE):
+        return None
+    return m.objective.epoch_values({"lam": lam, "gair_start": gair_start}, epoch, None)["lam"]
