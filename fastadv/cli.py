@@ -127,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
       help="GAIR weight function of kappa (gairat, gair-fat; default tanh)")
     a("--gair-start", type=int, default=None,
       help="first reweighted epoch, 0-based (gairat, gair-fat; default: half the epochs)")
+    a("--noise-type", default=None, choices=["symmetric", "pairflip"],
+      help="NoiLIn's injected label noise: another class uniformly, or the next class "
+           "(noilin-at, noilin-trades; default symmetric)")
+    a("--noise-min", type=_number, default=None,
+      help="NoiLIn's first noise rate (default 0.05); it grows x1.05 when the validation robust "
+           "accuracy is lower than 10 epochs before")
+    a("--noise-max", type=_number, default=None,
+      help="NoiLIn's largest noise rate (noilin-at: default 0.6; noilin-trades: 0.4)")
     a("--preset", default=None, choices=["paper"],
       help="'paper': the method's paper recipe for CIFAR-10 (WRN, 85-120 epochs); 32x32 RGB "
            "datasets only")

@@ -146,8 +146,12 @@ class Attack:
         return self.run(x, y).x_adv
 
     # ------------------------------------------------------------------ the public entry point
-    def run(self, x: Tensor, y: Tensor) -> AttackResult:
+    def run(self, x: Tensor, y: Tensor, check_labels: Optional[Tensor] = None) -> AttackResult:
+        """``check_labels``: the labels the checks judge against (early stopping, κ) when they
+        differ from ``y``, the labels of the attack loss (NoiLIn attacks noisy labels and judges
+        the clean ones); default ``y``."""
         x_nat, y, eps, alpha = self._prepare(x, y)
+        y_check = y if check_labels is None else _labels(check_labels, x_nat, "check_labels")
         n = x_nat.shape[0]
         if n == 0:
             z = torch.zeros(0, dtype=torch.int64, device=x_nat.device)
@@ -162,9 +166,10 @@ class Attack:
             self._x = x_nat
             self._flags_read = False
             self._classes = None
+            self._check_labels = None if check_labels is None else y_check  # range-checked too
             with explain_dtype_errors(self.model, x_nat):
                 clean = self._clean_logits(x_nat) if self.loss == "kl" else None
-                res = self._attack(x_nat, y, eps, alpha, clean)
+                res = self._attack(x_nat, y, eps, alpha, clean, y_check)
         if not self._flags_read:
             self.host_read([])
         return res
@@ -191,7 +196,7 @@ class Attack:
         return got[:-3]
 
     def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
-                clean: Optional[Tensor]) -> AttackResult:
+                clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared pieces
@@ -202,22 +207,15 @@ class Attack:
             raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
         if x.dim() < 1:
             raise ValueError("x must have a batch dimension first, got a 0-dim tensor")
-        if not isinstance(y, Tensor):
-            raise TypeError(f"y must be a torch.Tensor of labels, got {type(y).__name__}")
-        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"y must be an integer tensor of labels, got {y.dtype}")
+        y = _labels(y, x, "y")
         n = x.shape[0]
-        if y.shape != (n,):
-            raise ValueError(f"y must have shape [{n}] (one label per sample of x), got {tuple(y.shape)}")
-        if y.device != x.device:
-            raise ValueError(f"y is on {y.device} but x is on {x.device}")
         if isinstance(self.model, nn.Module):
             dev = next((p.device for p in self.model.parameters()), None)
             if dev is not None and dev != x.device:
                 raise ValueError(f"x is on {x.device} but the model's parameters are on {dev}")
         eps = per_sample("eps", self.eps, n, x.device, compute_dtype(x))
         alpha = per_sample("alpha", self.alpha, n, x.device, compute_dtype(x))
-        return x.detach(), y.to(torch.int64), eps, alpha
+        return x.detach(), y, eps, alpha
 
     @contextlib.contextmanager
     def _attack_mode(self):
@@ -266,6 +264,8 @@ class Attack:
         if self._classes is None:  # the first check sees every label (later ones a subset)
             self._classes = c
             self._flags[1] |= ((y < 0) | (y >= c)).any()
+            if self._check_labels is not None:
+                self._flags[1] |= ((self._check_labels < 0) | (self._check_labels >= c)).any()
         self._flags[2] |= ~torch.isfinite(logits.detach()).all()
         # Until the one host read has vetted the labels, the loss must not index with one out of
         # range (on CUDA that is a device-side assert): it sees them clamped.
@@ -291,6 +291,21 @@ class Attack:
         with torch.no_grad():
             return step(x, grad, x_nat, eps, alpha, self.clip_min, self.clip_max,
                         noise=self._noise(x), check=False)
+
+
+def _labels(y, x: Tensor, name: str) -> Tensor:
+    """``y`` checked as one integer label per row of ``x``, on x's device, as int64."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of labels, got {type(y).__name__}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"{name} must be an integer tensor of labels, got {y.dtype}")
+    n = x.shape[0]
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape [{n}] (one label per sample of x), got "
+                         f"{tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
+    return y.to(torch.int64)
 
 
 def full_result(x_adv: Tensor, kappa: Tensor, steps: int, n_checked: int) -> AttackResult:

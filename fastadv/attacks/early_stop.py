@@ -23,7 +23,7 @@ from .. import ops
 from .base import Attack, AttackResult, _check_int
 
 # Columns of the per-row integer state, compacted together in one op per check.
-_INDEX, _LABEL, _BUDGET, _KAPPA, _UPDATES = range(5)
+_INDEX, _LABEL, _BUDGET, _KAPPA, _UPDATES, _CHECK_LABEL = range(6)
 
 
 class EarlyStopPGD(Attack):
@@ -51,16 +51,16 @@ class EarlyStopPGD(Attack):
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", tau={self.tau}, compact={self.compact})"
 
-    def _attack(self, x_nat, y, eps, alpha, clean) -> AttackResult:
+    def _attack(self, x_nat, y, eps, alpha, clean, y_check) -> AttackResult:
         run = self._attack_compact if self.compact else self._attack_masked
-        return run(x_nat, y, eps, alpha, clean)
+        return run(x_nat, y, eps, alpha, clean, y_check)
 
     # ------------------------------------------------------------------ compacted
     def _attack_compact(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
-                        clean: Optional[Tensor]) -> AttackResult:
+                        clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         n, dev, K = x_nat.shape[0], x_nat.device, self.steps
         out = torch.empty_like(x_nat)            # x_adv in input order, filled as rows leave
-        final = torch.empty(n, 5, dtype=torch.int64, device=dev)  # the rows' final state
+        final = torch.empty(n, 6, dtype=torch.int64, device=dev)  # the rows' final state
         x = self._start(x_nat, eps)
         index = torch.arange(n, device=dev)
         budget = torch.full((n,), self.tau, dtype=torch.int64, device=dev)
@@ -70,12 +70,12 @@ class EarlyStopPGD(Attack):
         for k in range(K):
             logits, grad = self._check(x, y, clean)
             rows_computed += m
-            leave = ops.early_stop_update_(logits, y, budget, kappa)
+            leave = ops.early_stop_update_(logits, y_check, budget, kappa)
             dest, m_next = ops.compaction_plan(leave)  # the one host read of this check
             if m_next == m:  # nobody left: a plain in-place step, nothing to move
                 self._step_(x, grad, x_nat, eps, alpha)
                 continue
-            state = torch.stack([index, y, budget, kappa, index.new_full((m,), k)], dim=1)
+            state = torch.stack([index, y, budget, kappa, index.new_full((m,), k), y_check], dim=1)
             # Leavers' state goes to final[index] (k updates); the rest is packed in stable order.
             packed = ops.compact_rows(state, dest, m_next, index=index, leavers=final, check=False).t().contiguous()
             per_row = ops.compact_rows(per_row, dest, m_next, check=False)
@@ -83,7 +83,8 @@ class EarlyStopPGD(Attack):
                                           per_row)
             if clean is not None:
                 clean = ops.compact_rows(clean, dest, m_next, check=False)
-            index, y, budget, kappa = (packed[c] for c in (_INDEX, _LABEL, _BUDGET, _KAPPA))
+            index, y, budget, kappa, y_check = (packed[c] for c in (_INDEX, _LABEL, _BUDGET, _KAPPA,
+                                                                    _CHECK_LABEL))
             eps, alpha = per_row.t().contiguous().unbind(0)
             m = m_next
             if m == 0:
@@ -91,7 +92,7 @@ class EarlyStopPGD(Attack):
         if m:  # survivors: x^K, unchecked, K updates, back to their input rows
             no_dest = torch.full((m,), -1, dtype=torch.int64, device=dev)
             ops.compact_rows(x, no_dest, 0, index=index, leavers=out, check=False)
-            state = torch.stack([index, y, budget, kappa, index.new_full((m,), K)], dim=1)
+            state = torch.stack([index, y, budget, kappa, index.new_full((m,), K), y_check], dim=1)
             ops.compact_rows(state, no_dest, 0, index=index, leavers=final, check=False)
         return self._result(out, final[:, _UPDATES], final[:, _KAPPA], rows_computed)
 
@@ -114,7 +115,7 @@ class EarlyStopPGD(Attack):
 
     # ------------------------------------------------------------------ fixed shape, masked
     def _attack_masked(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
-                       clean: Optional[Tensor]) -> AttackResult:
+                       clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         """The same semantics on the full batch: every check runs on all N rows."""
         n, dev = x_nat.shape[0], x_nat.device
         x = self._start(x_nat, eps)
@@ -127,7 +128,7 @@ class EarlyStopPGD(Attack):
         for _ in range(self.steps):
             logits, grad = self._check(x, y, clean)
             rows_computed += n
-            wrong = logits.argmax(dim=1) != y
+            wrong = logits.argmax(dim=1) != y_check
             leave = active & wrong & (budget == 0)
             budget -= (active & wrong & ~leave).long()
             kappa += active & ~wrong

@@ -21,12 +21,12 @@ class PGD(Attack):
     """
 
     def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
-                clean: Optional[Tensor]) -> AttackResult:
+                clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         x = self._start(x_nat, eps)
         kappa = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         for _ in range(self.steps):
             logits, grad = self._check(x, y, clean)
-            kappa += logits.argmax(dim=1) == y
+            kappa += logits.argmax(dim=1) == y_check
             self._step_(x, grad, x_nat, eps, alpha)
         return full_result(x, kappa, self.steps, self.steps * x.shape[0])
 

@@ -35,6 +35,7 @@ import torch.nn as nn
 from ..errors import RunFolderError, is_user_error
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, runtime_info
+from .checks import fail
 from .config import (RUNTIME_OPTIONS, TrainConfig, default_out_dir, plain_config, resolve_config,
                      resume_config, unknown_options)
 from .logging import RunLogger
@@ -231,6 +232,9 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
         train_ds, test_ds = load()
     if cfg.train_samples is not None:
         train_ds = train_ds.subset(slice(0, cfg.train_samples))
+    val_ds = None
+    if cfg.method_object.label_noise is not None:  # NoiLIn: a validation split, never trained on
+        train_ds, val_ds = split_validation(train_ds)
 
     seed_everything(cfg.seed)
     model = build_model(cfg, train_ds.num_classes, train_ds.shape[0])
@@ -260,6 +264,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     trainer = Trainer(model, optimizer, cfg.method_object, eps=cfg.eps, alpha=cfg.alpha,
                       steps=cfg.steps, tau=cfg.tau, omega=cfg.omega, beta=cfg.beta, lam=cfg.lam,
                       weight_func=cfg.weight_func, gair_start=cfg.gair_start,
+                      noise_type=cfg.noise_type, noise_min=cfg.noise_min, noise_max=cfg.noise_max,
                       epochs=cfg.epochs,
                       lr_fn=lambda e: lr_at(e, cfg.lr, cfg.epochs, cfg.lr_schedule),
                       device=device, amp=cfg.amp, channels_last=cfg.channels_last,
@@ -278,12 +283,13 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
             logger.print(f"resume: {note}")
     elif cfg.resume:
         logger.print(f"resume: no checkpoint at {last}; starting from scratch")
-    logger.print(_banner(cfg, train_ds, n_eval, device, world))
+    logger.print(_banner(cfg, train_ds, n_eval, device, world)
+                 + (f" | {len(val_ds)} training images held out for validation" if val_ds else ""))
     if trainer.history:
         logger.write(trainer.history)  # the files match the checkpoint, whatever was there
     trainer.fit(loader, test_data, cfg.epochs, eval_every=cfg.eval_every,
                 eval_samples=None, eval_batch_size=cfg.eval_batch_size, out_dir=folder,
-                loader_state=loader.state_dict)
+                loader_state=loader.state_dict, val_data=val_ds)
     _summary(logger, trainer, cfg)
     best = folder.file("best.pt") if folder is not None else None
     return TrainResult(model=trainer.model, history=trainer.history, config=cfg,
@@ -291,6 +297,21 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                        last_checkpoint=last if last and os.path.isfile(last) else None,
                        best_checkpoint=best if best and os.path.isfile(best) else None,
                        best_pgd20=trainer.best_pgd20)
+
+
+# NoiLIn's validation split: the official scripts hold out 2 % (of CIFAR's test set; here the
+# last 2 % of the training images, at least 64 so the accuracy is not too coarse).
+VALIDATION_FRACTION, VALIDATION_MIN = 0.02, 64
+
+
+def split_validation(train_ds):
+    """``(train, validation)``: the last ``max(2 %, 64)`` training images held out."""
+    n = len(train_ds)
+    k = max(int(round(VALIDATION_FRACTION * n)), VALIDATION_MIN)
+    if k >= n // 2:
+        fail("train_samples", f"{n} training images are too few to hold out NoiLIn's validation "
+                              f"split of {k} images; use at least {2 * k + 2}")
+    return train_ds.subset(slice(0, n - k)), train_ds.subset(slice(n - k, n))
 
 
 def _resume_notes(state: Dict[str, Any], cfg: TrainConfig, device) -> List[str]:
@@ -366,6 +387,8 @@ def _banner(cfg: TrainConfig, train_ds, n_eval: int, device, world: int = 1) -> 
         extra.append(f"lam={cfg.lam:g} from epoch {cfg.gair_start + 1}")
     if cfg.random_start is not None:
         extra.append(f"random_start={cfg.random_start}")
+    if cfg.noise_type is not None:
+        extra.append(f"{cfg.noise_type} label noise {cfg.noise_min:g}..{cfg.noise_max:g}")
     where = (f"{world} processes ({device.type}{', sync BN' if cfg.sync_bn else ''}, batch "
              f"{cfg.batch_size // world} per process)" if world > 1 else str(device))
     return (f"fastadv: {cfg.method} {' '.join(extra)} | {cfg.dataset} ({len(train_ds)} train, "

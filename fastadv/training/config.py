@@ -79,6 +79,9 @@ class TrainConfig:
     lam: Optional[float] = None                 # GAIR λ (default −1 gairat, 0 gair-fat)
     weight_func: Optional[str] = None           # GAIR: tanh | sigmoid | discrete
     gair_start: Optional[int] = None            # GAIR: first reweighted epoch (0-based; default E/2)
+    noise_type: Optional[str] = None            # NoiLIn: symmetric | pairflip
+    noise_min: Optional[float] = None           # NoiLIn: first label-noise rate (0.05)
+    noise_max: Optional[float] = None           # NoiLIn: largest rate (0.6 noilin-at, 0.4 trades)
     augment: Any = True                         # the dataset's default augmentation
     train_samples: Union[int, str, None] = None  # the first N training images ("all": every one)
     eval_samples: Union[int, str, None] = None   # test images evaluated per epoch ("all": every one)

@@ -22,6 +22,8 @@ COLUMNS = [
     ("seconds", "sec", 7, ".1f"), ("eval_seconds", "eval-s", 6, ".1f"),
     ("images_per_sec", "img/s", 7, ".0f"),
 ]
+# Columns printed only by runs whose rows have them (NoiLIn's rate and validation accuracy).
+EXTRA_COLUMNS = [("noise_rate", "noise", 5, ".3f"), ("val_robust_acc", "val-rob%", 8, ".2f")]
 # Printed once above the table: what the columns measure.
 LEGEND = ("tr-nat% / tr-adv%: accuracy on the training batches, clean / on the method's own "
           "adversarial examples (FAT's early-stopped ones, not PGD-20); test% / pgd20%: the fixed "
@@ -43,12 +45,17 @@ def _fmt(value, width: int, spec: str) -> str:
     return str(value).rjust(width)
 
 
-def format_header() -> str:
-    return " ".join(h.rjust(w) for _, h, w, _ in COLUMNS)
+def columns_for(row: Dict[str, Any]) -> list:
+    """The printed columns of a run whose rows look like ``row``."""
+    return COLUMNS + [c for c in EXTRA_COLUMNS if c[0] in row]
 
 
-def format_row(row: Dict[str, Any]) -> str:
-    return " ".join(_fmt(row.get(k), w, f) for k, _, w, f in COLUMNS)
+def format_header(columns=COLUMNS) -> str:
+    return " ".join(h.rjust(w) for _, h, w, _ in columns)
+
+
+def format_row(row: Dict[str, Any], columns=COLUMNS) -> str:
+    return " ".join(_fmt(row.get(k), w, f) for k, _, w, f in columns)
 
 
 def use_progress(progress: Optional[bool]) -> bool:
@@ -87,10 +94,11 @@ class RunLogger:
 
     def log_epoch(self, row: Dict[str, Any], history: List[Dict[str, Any]]) -> None:
         if not self._header_printed:
+            self._columns = columns_for(row)
             self.print(LEGEND)
-            self.print(format_header())
+            self.print(format_header(self._columns))
             self._header_printed = True
-        self.print(format_row(row))
+        self.print(format_row(row, self._columns))
         self.write(history)
 
     def write(self, history: List[Dict[str, Any]]) -> None:

@@ -22,9 +22,10 @@ own method needs the object passed again.)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .checks import Option, check_number, fail
+from .label_noise import LabelNoise
 from .objectives import CE, EpochPlan, GairCE, Mart, Objective, Trades
 from .schedules import scale_boundaries
 
@@ -143,13 +144,16 @@ def _check_omega(name, value, epochs):
 @dataclass(frozen=True)
 class Method:
     """A training method: ``attack`` (an :class:`AttackRecipe`, ``None`` for standard
-    training), ``objective`` (an :class:`~fastadv.training.objectives.Objective`) and ``paper``
+    training), ``objective`` (an :class:`~fastadv.training.objectives.Objective`), ``paper``
     (its paper's CIFAR-10 recipe for ``preset="paper"``: options such as model, epochs,
-    lr_schedule; ``None`` if it has none)."""
+    lr_schedule; ``None`` if it has none) and ``label_noise`` (NoiLIn's
+    :class:`~fastadv.training.label_noise.LabelNoise`: the attack and the loss then see noisy
+    labels, the checks and accuracies the clean ones)."""
     name: str
     attack: Optional[AttackRecipe]
     objective: Objective = field(default_factory=CE)
     paper: Optional[Mapping[str, Any]] = None
+    label_noise: Optional[LabelNoise] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -158,6 +162,8 @@ class Method:
             raise TypeError(f"attack must be an AttackRecipe or None, got {self.attack!r}")
         if not isinstance(self.objective, Objective):
             raise TypeError(f"objective must be an Objective, got {self.objective!r}")
+        if self.label_noise is not None and not isinstance(self.label_noise, LabelNoise):
+            raise TypeError(f"label_noise must be a LabelNoise or None, got {self.label_noise!r}")
         if self.attack is None and self.objective.needs_attack:
             raise ValueError(f"objective: {self.objective!r} trains on an attack's result; give "
                              f"the method an attack")
@@ -165,7 +171,8 @@ class Method:
     @property
     def options(self) -> Dict[str, Option]:
         """The method-specific options it takes, by name."""
-        parts = (self.attack.options if self.attack else ()) + self.objective.options
+        parts = ((self.attack.options if self.attack else ()) + self.objective.options
+                 + (self.label_noise.options if self.label_noise else ()))
         return {o.name: o for o in parts}
 
     def resolve(self, given: Mapping[str, Any], epochs: Optional[int]) -> Dict[str, Any]:
@@ -181,10 +188,13 @@ class Method:
         return {name: opt.resolve(given.get(name), epochs) for name, opt in mine.items()}
 
     def plan(self, settings: Mapping[str, Any], epoch: int, epochs: Optional[int],
-             steps: int) -> EpochPlan:
-        """The :class:`EpochPlan` of (0-based) ``epoch``: its τ, λ, ... from the schedules."""
+             steps: int, history: Sequence[Mapping[str, Any]] = ()) -> EpochPlan:
+        """The :class:`EpochPlan` of (0-based) ``epoch``: its τ, λ, noise rate ... from the
+        schedules (``history``: the rows of the epochs before, for NoiLIn's rate)."""
         values = dict(self.attack.epoch_values(settings, epoch, epochs) if self.attack else {})
         values.update(self.objective.epoch_values(settings, epoch, epochs))
+        if self.label_noise is not None:
+            values.update(self.label_noise.epoch_values(settings, epoch, epochs, history))
         return EpochPlan(settings=dict(settings), values=values, steps=steps)
 
     def __str__(self) -> str:
@@ -241,6 +251,16 @@ METHODS: Dict[str, Method] = {
     # The official GAIR-FAT script: ω = 0.
     "gair-fat": Method("gair-fat", EarlyStopAttack(dynamic_tau=DynamicTau((40, 70), (0, 3, 6), 120)),
                        GairCE(default_lam=0.0), dict(_GAIR_PAPER, omega=0.0, tau="dynamic")),
+    # NoiLIn (zjfheart/NoiLIn SAT-NoiLIn.py, TRADES-NoiLIn.py): noisy labels injected before
+    # the attack; the rate 0.05 → at most 0.6 (AT) / 0.4 (TRADES). Their scripts: ResNet-18,
+    # 120 epochs, lr 0.1 piecewise, weight decay 5e-4; TRADES-NoiLIn attacks with ε = 8/255 and
+    # α = 2/255.
+    "noilin-at": Method("noilin-at", PGDAttack(), CE(), dict(
+        _PAPER, model="resnet18", epochs=120, weight_decay=5e-4, lr_schedule="piecewise"),
+        label_noise=LabelNoise(max_rate=0.6)),
+    "noilin-trades": Method("noilin-trades", PGDAttack("kl", "normal"), Trades(), dict(
+        _PAPER, model="resnet18", epochs=120, weight_decay=5e-4, lr_schedule="piecewise",
+        eps=8 / 255, alpha=2 / 255), label_noise=LabelNoise(max_rate=0.4)),
 }
 
 # The method-specific options (fields of TrainConfig and keywords of Trainer), and what each is.

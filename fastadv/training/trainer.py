@@ -73,7 +73,9 @@ class Trainer:
     dynamic needs ``epochs``); ``omega``: FAT's exploration noise (default 0); ``beta``:
     TRADES/MART (default 6); ``lam``/``weight_func``/``gair_start``: GAIR reweighting (gairat,
     gair-fat; plain CE before epoch ``gair_start``, default half the ``epochs``, which must then be
-    given here or to :meth:`fit`). ``lr_fn(epoch) -> lr`` sets the lr at
+    given here or to :meth:`fit`); ``noise_type``/``noise_min``/``noise_max``: NoiLIn's label
+    noise (noilin-at, noilin-trades: symmetric, 0.05, 0.6 / 0.4; its rate follows the validation
+    robust accuracy, so :meth:`fit` needs ``val_data``). ``lr_fn(epoch) -> lr`` sets the lr at
     the start of each epoch; alternatively a torch ``scheduler`` is stepped after each epoch.
     ``amp="bf16"``: autocast; ``channels_last``; ``compile``: ``torch.compile`` the model
     (``dynamic=True``: early stopping shrinks the batch). ``eval_steps``: PGD steps of the
@@ -92,7 +94,8 @@ class Trainer:
                  eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, tau=None,
                  omega: Optional[float] = None, beta: Optional[float] = None,
                  lam: Optional[float] = None, weight_func: Optional[str] = None,
-                 gair_start: Optional[int] = None,
+                 gair_start: Optional[int] = None, noise_type: Optional[str] = None,
+                 noise_min: Optional[float] = None, noise_max: Optional[float] = None,
                  epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
                  scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
                  compile: bool = False, eval_steps: int = 20, eval_alpha: Optional[float] = None,
@@ -122,7 +125,8 @@ class Trainer:
         # The method's options as given (None: its default); resolved now and again whenever
         # the number of epochs becomes known (fit), so defaults like gair_start follow it.
         self.method_options = dict(tau=tau, omega=omega, beta=beta, lam=lam,
-                                   weight_func=weight_func, gair_start=gair_start)
+                                   weight_func=weight_func, gair_start=gair_start,
+                                   noise_type=noise_type, noise_min=noise_min, noise_max=noise_max)
         self.epochs = epochs
         self.settings = self.method_object.resolve(self.method_options, epochs)
         if amp not in (None, "bf16"):
@@ -212,7 +216,8 @@ class Trainer:
 
     def _plan_epoch(self) -> None:
         m = self.method_object
-        self.plan = m.plan(self.settings, self.current_epoch, self.epochs, self.steps)
+        self.plan = m.plan(self.settings, self.current_epoch, self.epochs, self.steps,
+                           self.history[:self.current_epoch])
         self.attack = None if m.attack is None else m.attack.build(
             self.fmodel, eps=self.eps, alpha=self.alpha, steps=self.steps,
             random_start=self.random_start, plan=self.plan)
@@ -236,6 +241,17 @@ class Trainer:
         if name in METHOD_OPTIONS and "settings" in self.__dict__:
             return self.settings.get(name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _num_classes(self, x: Tensor) -> int:
+        """The model's number of classes, from one eval-mode forward of one image (once)."""
+        if getattr(self, "_classes", None) is None:
+            modes = [m.training for m in self.model.modules()]
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                self._classes = int(self.fmodel(x[:1]).shape[1])
+            for m, mode in zip(self.model.modules(), modes):
+                m.training = mode
+        return self._classes
 
     def _autocast(self):
         if self.amp == "bf16":
@@ -275,12 +291,16 @@ class Trainer:
         if self.plan is None:
             self._plan_epoch()  # raises the schedule's error if epochs are still unknown
         res = None
+        y_train = y  # NoiLIn: the attack and the loss see noisy labels, the checks the clean ones
+        if self.method_object.label_noise is not None:
+            y_train = self.method_object.label_noise(y, self._num_classes(x), self.plan)
         if self.attack is not None:
-            with self._autocast():
-                res = self.attack.run(x, y)  # eval mode inside; no parameter gradients
+            with self._autocast():  # eval mode inside; no parameter gradients
+                res = self.attack.run(x, y_train, check_labels=y if y_train is not y else None)
         (self.ddp if self.ddp is not None else self.model).train()
         with self._autocast():  # the method's objective; the DDP wrapper when distributed
-            loss, logits_adv = self.method_object.objective(self.train_model, x, y, res, self.plan)
+            loss, logits_adv = self.method_object.objective(self.train_model, x, y_train, res,
+                                                            self.plan)
         # One host read per step (the attacks already make one): stop before a NaN update. Without
         # an attack, whose own read checks x's range, the range is checked here too.
         bad = [~torch.isfinite(loss.detach())]
@@ -382,7 +402,7 @@ class Trainer:
         has_attack = self.attack is not None
         bp_avg = bp / n if has_attack else 0.0
         bp_exec_avg = bp_exec / n if has_attack else 0.0
-        return {
+        row = {
             "epoch": epoch + 1, "lr": lr, "tau": self.current_tau, "lam": self.current_lam,
             "train_loss": float(loss_sum) / n,
             "train_nat_acc": 100.0 * int(nat) / n if self.train_nat_acc else None,
@@ -394,6 +414,9 @@ class Trainer:
             "bp_executed_saved": 100.0 * (1 - bp_exec_avg / self.steps) if has_attack else None,
             "seconds": seconds, "images_per_sec": n / seconds if seconds > 0 else None,
         }
+        if self.method_object.label_noise is not None:  # NoiLIn: this epoch's rate
+            row["noise_rate"] = self.plan.values["noise_rate"]
+        return row
 
     def evaluate(self, data, max_samples: Optional[int] = None, batch_size: int = 256) -> Dict[str, float]:
         """Natural and PGD-20 (α = ε/4, uniform start) accuracy in percent on ``data`` (any input
@@ -410,11 +433,22 @@ class Trainer:
             self.local_stats["eval"] = r["local"]
         return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
 
+    def validate(self, data, batch_size: int = 256) -> float:
+        """Robust accuracy (percent) on ``data`` under the training attack's PGD-K (ε, α, K of
+        this trainer, CE, uniform start): NoiLIn's validation measure."""
+        from ..evaluation import evaluate
+        name = f"pgd{self.steps}"
+        with self._autocast():
+            r = evaluate(self.fmodel, data, attacks=(name,), eps=self.eps, batch_size=batch_size,
+                         device=self.device, verbose=False, distributed=self.distributed,
+                         progress=False, alpha=self.alpha)
+        return r["accuracy"][name]
+
     # ------------------------------------------------------------------ the whole run
     def fit(self, train_loader: Iterable, test_data=None, epochs: Optional[int] = None, *,
             eval_every: int = 1, eval_samples: Optional[int] = None, eval_batch_size: int = 256,
             out_dir=None, loader_state: Optional[Callable[[], dict]] = None,
-            overwrite: bool = False) -> List[Dict[str, Any]]:
+            overwrite: bool = False, val_data=None) -> List[Dict[str, Any]]:
         """Train from ``self.epoch`` (0, or where a loaded checkpoint stopped) to ``epochs``.
 
         Evaluates natural/PGD-20 accuracy on ``test_data`` (its first ``eval_samples``) every
@@ -423,11 +457,16 @@ class Trainer:
         ``best.pt`` whenever PGD-20 accuracy improves (atomically), plus the CSV/JSON history; the
         folder is locked while ``fit`` runs, and one that holds another run is refused when this
         trainer starts from scratch (continue it with :meth:`load_checkpoint` first, or pass
-        ``overwrite=True``). Returns the history (one dict per epoch)."""
+        ``overwrite=True``). ``val_data``: data held out from training whose PGD-K robust
+        accuracy (the training ε, α and K) is measured after every epoch (``val_robust_acc``);
+        NoiLIn's noise rate follows it. Returns the history (one dict per epoch)."""
         epochs = self.epochs if epochs is None else epochs
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         check_bool("overwrite", overwrite)
+        if self.method_object.label_noise is not None and val_data is None:
+            fail("val_data", f"{self.method}'s noise rate follows the validation robust accuracy "
+                             f"of every epoch: give fit(val_data=...), images held out from training")
         self._set_epochs(epochs)
         main = self.rank == 0
         folder, own_folder = out_dir, False
@@ -439,7 +478,7 @@ class Trainer:
                                               verbose=False)
             for epoch in range(self.epoch, epochs):
                 self._fit_epoch(epoch, epochs, train_loader, test_data, eval_every, eval_samples,
-                                eval_batch_size, folder, loader_state, logger)
+                                eval_batch_size, folder, loader_state, logger, val_data)
             if self.distributed:
                 dist_utils.barrier()  # rank 0's files exist for everyone when fit returns
         finally:
@@ -473,9 +512,12 @@ class Trainer:
             raise error
 
     def _fit_epoch(self, epoch, epochs, train_loader, test_data, eval_every, eval_samples,
-                   eval_batch_size, folder: Optional[RunFolder], loader_state, logger) -> None:
+                   eval_batch_size, folder: Optional[RunFolder], loader_state, logger,
+                   val_data=None) -> None:
         main = self.rank == 0
         row = self.train_epoch(train_loader, epoch)
+        if val_data is not None:
+            row["val_robust_acc"] = self.validate(val_data, batch_size=eval_batch_size)
         if test_data is not None and eval_every and ((epoch + 1) % eval_every == 0
                                                      or epoch + 1 == epochs):
             t0 = time.perf_counter()
