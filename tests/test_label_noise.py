@@ -110,7 +110,7 @@ def test_noilin_needs_validation_data_in_fit():
     model = _zero_model()
     tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), "noilin-at", eps=0.2,
                  alpha=0.05, steps=2, epochs=1)
-    with pytest.raises(ValueError, match="val_data: noilin-at's noise rate follows"):
+    with pytest.raises(ValueError, match="val_data: noilin-at follows the validation robust accuracy"):
         tr.fit([(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))])
 
 

@@ -7,10 +7,13 @@ the adversarial tensor, ``atk.run(x, y)`` an :class:`AttackResult` with per-samp
 ``CW``             the FAT papers' C&W∞: 30 PGD steps on the CW margin loss, confidence 50
 ``EarlyStopPGD``   FAT's PGD-K-τ, compacting still-active samples after every check
 ``GAPGD``          GAIRAT's κ-counting PGD
+``CurriculumPGD``  CAT's batch mixing: chunk i of the batch takes i steps, in one call
 =================  =========================================================================
 """
 from .base import Attack, AttackResult
+from .curriculum import CurriculumPGD
 from .early_stop import EarlyStopPGD
 from .pgd import CW, FGSM, GAPGD, PGD
 
-__all__ = ["Attack", "AttackResult", "PGD", "FGSM", "CW", "EarlyStopPGD", "GAPGD"]
+__all__ = ["Attack", "AttackResult", "PGD", "FGSM", "CW", "EarlyStopPGD", "GAPGD",
+           "CurriculumPGD"]

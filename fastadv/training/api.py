@@ -233,7 +233,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     if cfg.train_samples is not None:
         train_ds = train_ds.subset(slice(0, cfg.train_samples))
     val_ds = None
-    if cfg.method_object.label_noise is not None:  # NoiLIn: a validation split, never trained on
+    if cfg.method_object.needs_validation:  # NoiLIn, CAT: a validation split, never trained on
         train_ds, val_ds = split_validation(train_ds)
 
     seed_everything(cfg.seed)
@@ -299,8 +299,9 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                        best_pgd20=trainer.best_pgd20)
 
 
-# NoiLIn's validation split: the official scripts hold out 2 % (of CIFAR's test set; here the
-# last 2 % of the training images, at least 64 so the accuracy is not too coarse).
+# The validation split of NoiLIn and CAT: their official scripts hold out 2 % (NoiLIn's CIFAR
+# script of the test set; CAT's of the training set, per class); here the last 2 % of the
+# training images, at least 64 so the accuracy is not too coarse.
 VALIDATION_FRACTION, VALIDATION_MIN = 0.02, 64
 
 
@@ -309,7 +310,7 @@ def split_validation(train_ds):
     n = len(train_ds)
     k = max(int(round(VALIDATION_FRACTION * n)), VALIDATION_MIN)
     if k >= n // 2:
-        fail("train_samples", f"{n} training images are too few to hold out NoiLIn's validation "
+        fail("train_samples", f"{n} training images are too few to hold out the validation "
                               f"split of {k} images; use at least {2 * k + 2}")
     return train_ds.subset(slice(0, n - k)), train_ds.subset(slice(n - k, n))
 

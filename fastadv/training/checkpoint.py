@@ -127,9 +127,11 @@ def make_checkpoint(*, model, optimizer, scheduler=None, epoch: int, history, co
                     loader_state: Optional[dict] = None, best_pgd20: Optional[float] = None,
                     meta: Optional[dict] = None, rng: Optional[Dict[str, Any]] = None,
                     rng_per_rank: Optional[list] = None, world_size: int = 1,
-                    runtime: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                    runtime: Optional[Dict[str, Any]] = None,
+                    method_state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The checkpoint dict. ``rng``: default the calling process's states. Distributed runs (rank 0
-    writes) pass ``rng_per_rank``, every rank's states in rank order, and ``world_size``."""
+    writes) pass ``rng_per_rank``, every rank's states in rank order, and ``world_size``.
+    ``method_state``: what a method keeps across epochs (CAT's best model of the current k)."""
     return {
         "format": "fastadv-checkpoint-1",
         "model": unwrap(model).state_dict(),
@@ -145,4 +147,5 @@ def make_checkpoint(*, model, optimizer, scheduler=None, epoch: int, history, co
         "best_pgd20": best_pgd20,
         "meta": meta or {},
         "runtime": runtime if runtime is not None else runtime_info(),
+        "method_state": method_state or {},
     }

@@ -21,7 +21,7 @@ own method needs the object passed again.)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .checks import Option, check_number, fail
@@ -39,6 +39,7 @@ class AttackRecipe:
     steps=, random_start=, plan=)`` returns the :class:`~fastadv.attacks.Attack` of one epoch."""
     options: Tuple[Option, ...] = ()
     stops_early = False  # True: rows leave the attack early (FAT's τ)
+    needs_validation = False  # True: its schedule follows the held-out accuracy (CAT)
 
     def __init__(self, loss: str = "ce", random_start: Optional[str] = "uniform"):
         from ..attacks.base import ATTACK_LOSSES, normalize_random_start
@@ -47,12 +48,20 @@ class AttackRecipe:
         self.loss = loss
         self.random_start = normalize_random_start(random_start)
 
-    def epoch_values(self, settings: Mapping[str, Any], epoch: int,
-                     epochs: Optional[int]) -> Dict[str, Any]:
+    def epoch_values(self, settings: Mapping[str, Any], epoch: int, epochs: Optional[int],
+                     history: Sequence[Mapping[str, Any]] = ()) -> Dict[str, Any]:
         return {}
 
     def build(self, model, *, eps, alpha, steps, random_start, plan: EpochPlan):
         raise NotImplementedError
+
+    def validation(self, plan: EpochPlan, eps: float, alpha: float, steps: int):
+        """``(steps, alpha)`` of the PGD whose accuracy on held-out data is ``val_robust_acc``
+        (0 steps: natural accuracy): by default the training attack's K and α."""
+        return steps, alpha
+
+    def after_epoch(self, trainer, row: Dict[str, Any], val_data) -> None:
+        """Called by ``Trainer.fit`` after each epoch's row (with ``val_robust_acc``) is made."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(loss={self.loss!r}, random_start={self.random_start!r})"
@@ -115,7 +124,7 @@ class EarlyStopAttack(AttackRecipe):
         check_number(name, value, minimum=0, integer=True)
         return value
 
-    def epoch_values(self, settings, epoch, epochs):
+    def epoch_values(self, settings, epoch, epochs, history=()):
         tau = settings["tau"]
         if tau != "dynamic":
             return {"tau": int(tau)}
@@ -132,6 +141,61 @@ class EarlyStopAttack(AttackRecipe):
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", dynamic_tau={self.dynamic_tau})"
+
+
+class CurriculumAttack(AttackRecipe):
+    """CAT (Cai et al. 2018; sunblaze-ucb/curriculum-adversarial-training-CAT): every batch mixes
+    k + 1 chunks attacked with PGD-0 … PGD-k (:class:`~fastadv.attacks.CurriculumPGD`, one call),
+    k rising from 0 to the run's ``steps``. After each epoch the validation accuracy under PGD-k
+    (α = 2ε/k, uniform start; natural accuracy at k = 0) is compared with the best of this k; when
+    it has not improved for ``window`` epochs and the training accuracy on the mixed batches is
+    above ``train_acc`` %, the model and optimizer roll back to that best epoch and k grows by one
+    (the official rule; the restored model's accuracy at the new k is its first best). The epoch
+    rows carry ``cat_k``, ``val_robust_acc`` and ``rolled_back_to`` (the epoch restored)."""
+
+    needs_validation = True
+
+    def __init__(self, window: int = 10, train_acc: float = 90.0, step_scale: float = 2.0):
+        super().__init__("ce", "uniform")
+        check_number("window", window, minimum=1, integer=True)
+        check_number("train_acc", train_acc, minimum=0)
+        self.window, self.train_acc, self.step_scale = window, float(train_acc), float(step_scale)
+
+    def epoch_values(self, settings, epoch, epochs, history=()):
+        done = history[:epoch]
+        return {"cat_k": int(done[-1].get("cat_k_next", 0)) if done else 0}
+
+    def build(self, model, *, eps, alpha, steps, random_start, plan):
+        from ..attacks import CurriculumPGD
+        return CurriculumPGD(model, eps=eps, k=plan.values["cat_k"], step_scale=self.step_scale,
+                             random_start=random_start, loss=self.loss)
+
+    def validation(self, plan, eps, alpha, steps):
+        k = plan.values["cat_k"]
+        return k, (self.step_scale * eps / k if k else alpha)
+
+    def after_epoch(self, trainer, row, val_data):
+        k, e, acc = trainer.plan.values["cat_k"], row["epoch"] - 1, row["val_robust_acc"]
+        state = trainer.method_state.setdefault(
+            "cat", {"best_epoch": None, "best_acc": None, "best": None})
+        row["cat_k"], row["rolled_back_to"], nxt = k, None, k
+        if k >= trainer.steps:
+            pass  # the curriculum has reached PGD-K: plain training on from here
+        elif state["best_acc"] is None or acc > state["best_acc"]:
+            state.update(best_epoch=e, best_acc=acc, best=trainer.snapshot())
+        elif e - state["best_epoch"] >= self.window and (row["train_adv_acc"] or 0) > self.train_acc:
+            trainer.restore(state["best"])
+            row["rolled_back_to"] = state["best_epoch"] + 1
+            nxt = k + 1
+            steps, alpha = self.validation(replace(trainer.plan, values={"cat_k": nxt}),
+                                           trainer.eps, trainer.alpha, trainer.steps)
+            state.update(best_epoch=e, best_acc=trainer.validate(val_data, steps=steps,
+                                                                 alpha=alpha))
+        row["cat_k_next"] = nxt
+
+    def __repr__(self) -> str:
+        return (f"CurriculumAttack(window={self.window}, train_acc={self.train_acc:g}, "
+                f"step_scale={self.step_scale:g})")
 
 
 def _check_omega(name, value, epochs):
@@ -169,6 +233,12 @@ class Method:
                              f"the method an attack")
 
     @property
+    def needs_validation(self) -> bool:
+        """Whether training needs held-out data every epoch (NoiLIn's rate, CAT's curriculum)."""
+        return self.label_noise is not None or (self.attack is not None
+                                                and self.attack.needs_validation)
+
+    @property
     def options(self) -> Dict[str, Option]:
         """The method-specific options it takes, by name."""
         parts = ((self.attack.options if self.attack else ()) + self.objective.options
@@ -191,7 +261,8 @@ class Method:
              steps: int, history: Sequence[Mapping[str, Any]] = ()) -> EpochPlan:
         """The :class:`EpochPlan` of (0-based) ``epoch``: its τ, λ, noise rate ... from the
         schedules (``history``: the rows of the epochs before, for NoiLIn's rate)."""
-        values = dict(self.attack.epoch_values(settings, epoch, epochs) if self.attack else {})
+        values = dict(self.attack.epoch_values(settings, epoch, epochs, history)
+                      if self.attack else {})
         values.update(self.objective.epoch_values(settings, epoch, epochs))
         if self.label_noise is not None:
             values.update(self.label_noise.epoch_values(settings, epoch, epochs, history))
@@ -248,6 +319,8 @@ METHODS: Dict[str, Method] = {
         "ce", "normal", DynamicTau((20, 40, 60, 80), (0, 1, 2, 3, 4), 90)), Mart(),
         dict(_MART_PAPER, **_FAT_EVAL)),
     "gairat": Method("gairat", GAPGDAttack(), GairCE(default_lam=-1.0), _GAIR_PAPER),
+    # CAT: the curriculum k = 0 … steps (the official maximum: 7 on CIFAR-10, 40 on MNIST).
+    "cat": Method("cat", CurriculumAttack(), CE()),
     # The official GAIR-FAT script: ω = 0.
     "gair-fat": Method("gair-fat", EarlyStopAttack(dynamic_tau=DynamicTau((40, 70), (0, 3, 6), 120)),
                        GairCE(default_lam=0.0), dict(_GAIR_PAPER, omega=0.0, tau="dynamic")),

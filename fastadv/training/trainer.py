@@ -185,6 +185,7 @@ class Trainer:
         else:
             self.train_model = self.fmodel
         self.local_stats: Dict[str, Any] = {}  # this rank's sums of the last epoch/evaluation
+        self.method_state: Dict[str, Any] = {}  # a method's own state across epochs (CAT's best)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.lr_fn = lr_fn
@@ -433,16 +434,37 @@ class Trainer:
             self.local_stats["eval"] = r["local"]
         return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
 
-    def validate(self, data, batch_size: int = 256) -> float:
-        """Robust accuracy (percent) on ``data`` under the training attack's PGD-K (ε, α, K of
-        this trainer, CE, uniform start): NoiLIn's validation measure."""
+    def validate(self, data, batch_size: int = 256, steps: Optional[int] = None,
+                 alpha: Optional[float] = None) -> float:
+        """Robust accuracy (percent) on ``data`` under PGD-``steps`` with step ``alpha`` (CE,
+        uniform start, this trainer's ε; 0 steps: natural accuracy). Default: the method's
+        validation attack (the training K and α; CAT: PGD-k, α = 2ε/k)."""
         from ..evaluation import evaluate
-        name = f"pgd{self.steps}"
+        if steps is None:
+            if self.plan is None:
+                self._plan_epoch()
+            attack = self.method_object.attack
+            steps, alpha = (attack.validation(self.plan, self.eps, self.alpha, self.steps)
+                            if attack is not None else (0, None))
+        name = f"pgd{steps}" if steps else "natural"
         with self._autocast():
             r = evaluate(self.fmodel, data, attacks=(name,), eps=self.eps, batch_size=batch_size,
                          device=self.device, verbose=False, distributed=self.distributed,
-                         progress=False, alpha=self.alpha)
+                         progress=False, alpha=alpha if steps else None)
         return r["accuracy"][name]
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Copies of the model's and the optimizer's states (on the CPU), for :meth:`restore`."""
+        import copy
+        cpu = lambda t: t.detach().to("cpu", copy=True) if isinstance(t, Tensor) else t  # noqa: E731
+        opt = copy.deepcopy(self.optimizer.state_dict())
+        opt["state"] = {k: {n: cpu(v) for n, v in st.items()} for k, st in opt["state"].items()}
+        return {"model": {k: cpu(v) for k, v in self.model.state_dict().items()}, "optimizer": opt}
+
+    def restore(self, snapshot: Dict[str, Any]) -> None:
+        """Put back the states of a :meth:`snapshot` (CAT's rollback)."""
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
 
     # ------------------------------------------------------------------ the whole run
     def fit(self, train_loader: Iterable, test_data=None, epochs: Optional[int] = None, *,
@@ -464,9 +486,9 @@ class Trainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         check_bool("overwrite", overwrite)
-        if self.method_object.label_noise is not None and val_data is None:
-            fail("val_data", f"{self.method}'s noise rate follows the validation robust accuracy "
-                             f"of every epoch: give fit(val_data=...), images held out from training")
+        if self.method_object.needs_validation and val_data is None:
+            fail("val_data", f"{self.method} follows the validation robust accuracy of every "
+                             f"epoch: give fit(val_data=...), images held out from training")
         self._set_epochs(epochs)
         main = self.rank == 0
         folder, own_folder = out_dir, False
@@ -518,6 +540,8 @@ class Trainer:
         row = self.train_epoch(train_loader, epoch)
         if val_data is not None:
             row["val_robust_acc"] = self.validate(val_data, batch_size=eval_batch_size)
+        if self.method_object.attack is not None:  # CAT: rollback and the next k
+            self.method_object.attack.after_epoch(self, row, val_data)
         if test_data is not None and eval_every and ((epoch + 1) % eval_every == 0
                                                      or epoch + 1 == epochs):
             t0 = time.perf_counter()
@@ -565,7 +589,8 @@ class Trainer:
                                config=self.config, loader_state=loader_state,
                                best_pgd20=self.best_pgd20, meta=self.meta,
                                rng=rngs[0] if rngs else None, rng_per_rank=rngs,
-                               world_size=self.world_size, runtime=runtime_info(self.device))
+                               world_size=self.world_size, runtime=runtime_info(self.device),
+                               method_state=self.method_state)
 
     def _check_loader(self, loader) -> None:
         """Distributed: every rank must run the same number of steps (else DDP hangs)."""
@@ -615,6 +640,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history") or [])
         self.best_pgd20 = state.get("best_pgd20")
+        self.method_state = dict(state.get("method_state") or {})
         if restore_rng:
             self._restore_rng(state)
         self.set_epoch(self.epoch)
