@@ -262,6 +262,39 @@ def _parser() -> argparse.ArgumentParser:
                                    "one table on stdout, one figure.")
     c.add_argument("runs", nargs="+", help="run folders (the first is the time reference)")
     c.add_argument("--out", default=None, help="the figure (default: compare.png)")
+
+    au = sub.add_parser("audit-labels", parents=[common],
+                        help="rank the training labels by kappa: the likely mislabelled first",
+                        description="kappa of every training example under the trained model: "
+                                    "the PGD checks at which it still predicts the given label "
+                                    "(mislabelled examples have kappa 0 from the start). Writes a "
+                                    "CSV (most suspect first) and a histogram PNG beside the "
+                                    "checkpoint.")
+    au.add_argument("run", help="a run folder (its last.pt) or a checkpoint file")
+    au.add_argument("--split", default="train", help="the split to audit (default: train)")
+    au.add_argument("--max-samples", type=_optional_int, default=None,
+                    help="audit the first N examples (default: those the run trained on)")
+    au.add_argument("--eps", type=_number, default=None, help="attack radius (default: the run's)")
+    au.add_argument("--alpha", type=_number, default=None, help="step (default: the run's)")
+    au.add_argument("--steps", type=int, default=None, help="PGD steps K (default: the run's)")
+    au.add_argument("--fraction", type=_number, default=0.1,
+                    help="the share listed as suspects in the summary (default 0.1)")
+    au.add_argument("--dataset", type=str.lower, default=None,
+                    help="dataset name (default: the checkpoint's)")
+    au.add_argument("--data-dir", default=None,
+                    help="where the dataset lives (default: $FASTADV_DATA or ~/.cache/fastadv); "
+                         "never taken from the checkpoint")
+    au.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                    help="download the dataset if missing (default: yes)")
+    au.add_argument("--verify-data", action=argparse.BooleanOptionalAction, default=True,
+                    help="check the official checksums of pickled datasets (default: yes)")
+    au.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    au.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    au.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
+    au.add_argument("--out-dir", default=None,
+                    help="where label_audit.csv/.png go (default: beside the checkpoint)")
+    au.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="a progress bar (default: when stdout is a terminal)")
     return p
 
 
@@ -286,21 +319,20 @@ def cmd_eval(args) -> int:
             dist_utils.cleanup_distributed()
 
 
-def _cmd_eval(args, device) -> int:
-    import torch
+def _load_run(checkpoint: str, args, device):
+    """``(state, meta, model, dataset name, data)`` of a checkpoint written by fastadv train: the
+    model built and loaded in eval mode on ``device``, and ``args.split`` of its dataset."""
     from . import models
-    from .training import distributed as dist_utils
     from .data import load_dataset
-    from .evaluation import evaluate
     from .training.checkpoint import load_checkpoint, load_model_state
-    state = load_checkpoint(args.checkpoint)
+    state = load_checkpoint(checkpoint)
     meta = state.get("meta") or {}
     missing = [k for k in ("model", "num_classes", "in_channels") if k not in meta]
     if missing:
-        raise ValueError(f"checkpoint: {args.checkpoint} lacks {missing} (not written by fastadv train)")
+        raise ValueError(f"checkpoint: {checkpoint} lacks {missing} (not written by fastadv train)")
     model = models.create(meta["model"], num_classes=meta["num_classes"],
                           in_channels=meta["in_channels"])
-    load_model_state(model, state["model"], args.checkpoint)
+    load_model_state(model, state["model"], checkpoint)
     model.to(device).eval()
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
@@ -310,6 +342,14 @@ def _cmd_eval(args, device) -> int:
     data = load_dataset(dataset, data_dir=args.data_dir, split=args.split, download=args.download,
                         verify=args.verify_data)
     _check_eval_data(data, meta, dataset)
+    return state, meta, model, dataset, data
+
+
+def _cmd_eval(args, device) -> int:
+    import torch
+    from .training import distributed as dist_utils
+    from .evaluation import evaluate
+    state, meta, model, dataset, data = _load_run(args.checkpoint, args, device)
     eps = args.eps if args.eps is not None else meta.get("eps")
     if eps is None:
         raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
@@ -332,6 +372,48 @@ def _cmd_eval(args, device) -> int:
     return 0
 
 
+def cmd_audit_labels(args) -> int:
+    import torch
+    from .audit import kappa_audit, summary_lines
+    from .training.config import check_device
+    check_device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    path = args.run
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"run: {args.run} holds no last.pt (not a fastadv run folder?)")
+    state, meta, model, dataset, data = _load_run(path, args, device)
+    cfg = state.get("config") or {}
+    eps = args.eps if args.eps is not None else meta.get("eps", cfg.get("eps"))
+    if eps is None:
+        raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
+    steps = args.steps if args.steps is not None else cfg.get("steps") or 10
+    alpha = args.alpha if args.alpha is not None else cfg.get("alpha")
+    limit = args.max_samples
+    if limit is None and args.split == "train":
+        limit = cfg.get("train_samples")  # the examples the run trained on (None: all)
+    print(f"{path}: {meta['model']} on {dataset} ({args.split}), kappa under PGD-{steps} "
+          f"(eps={eps:.4g}, alpha={(alpha if alpha is not None else eps / 4):.4g})")
+    audit = kappa_audit(model, data, eps=eps, alpha=alpha, steps=steps, device=device,
+                        batch_size=args.batch_size, max_samples=limit, progress=args.progress,
+                        seed=args.seed)
+    for line in summary_lines(audit):
+        print(line)
+    out_dir = args.out_dir or os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, "label_audit.csv")
+    audit.to_csv(csv_path)
+    k = len(audit.suspects(args.fraction))
+    print(f"the {k} most suspect ({100 * args.fraction:g} %) lead {csv_path}")
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = os.path.join(out_dir, "label_audit.png")
+        audit.plot(png, title=f"kappa label audit: {dataset} {args.split}, {len(audit.kappa)} examples")
+        print(f"wrote {png}")
+    return 0
+
+
 def _check_eval_data(data, meta, dataset: str) -> None:
     """Refuse images of another shape than the model was trained on (a small CNN runs on 28×28
     MNIST as well as on 8×8 digits, and reports chance accuracy without a word)."""
@@ -350,11 +432,8 @@ def _check_eval_data(data, meta, dataset: str) -> None:
 
 
 def _need_matplotlib() -> None:
-    import importlib.util
-    if importlib.util.find_spec("matplotlib") is None:
-        from .errors import UserError
-        raise UserError("plots need matplotlib: pip install matplotlib (or the extra: "
-                        "pip install -e '.[plot]')")
+    from .reports import pyplot
+    pyplot()  # a one-line error without matplotlib, before any work
 
 
 def cmd_plot(args) -> int:
@@ -405,7 +484,7 @@ def cli_names(text: str) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot,
-               "compare": cmd_compare}[args.command]
+               "compare": cmd_compare, "audit-labels": cmd_audit_labels}[args.command]
     from .errors import is_user_error
     try:
         return handler(args)

@@ -70,12 +70,23 @@ def _lr_drops(run: Run) -> List[int]:
             and h[i]["lr"] < h[i - 1]["lr"]]
 
 
-def plot_run(run_dir: str, out: Optional[str] = None) -> str:
-    """Accuracy (training natural / on the method's own adversarial examples, test natural and
-    PGD-20) and BPs per epoch, with the best PGD-20 epoch and the lr drops marked; a PNG."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; a one-line error without matplotlib."""
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        from .errors import UserError
+        raise UserError("plots need matplotlib: pip install matplotlib (or the extra: "
+                        "pip install -e '.[plot]')")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_run(run_dir: str, out: Optional[str] = None) -> str:
+    """Accuracy (training natural / on the method's own adversarial examples, test natural and
+    PGD-20) and BPs per epoch, with the best PGD-20 epoch and the lr drops marked; a PNG."""
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
     run = read_run(run_dir)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -152,9 +163,7 @@ def compare_table(runs: Sequence[Run]) -> str:
 def compare_runs(run_dirs: Sequence[str], out: Optional[str] = None) -> tuple:
     """Read ``run_dirs``; return ``(table text, path of the PNG)``: PGD-20 and natural test
     accuracy per epoch, and PGD-20 accuracy against cumulative BPs and against training time."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
     if not run_dirs:
         raise ValueError("runs: give at least one run folder")
