@@ -316,6 +316,7 @@ def stage_backends(out: Path, iters: int) -> None:
             "compact_rows": lambda: ops.compact_rows(x, dest, m, index, leavers, check=False),
             "linf_step_compact": lambda: ops.linf_step_compact(x, grad, x_nat, EPS, ALPHA, dest, m, index, leavers,
                                                                check=False),
+            "linf_fosc_step_": lambda: ops.linf_fosc_step_(x, grad, x_nat, x_nat, EPS, ALPHA, 0.1, check=False),
         }
         for op, fn in calls.items():
             t = {}

@@ -61,6 +61,8 @@ TORCH_LIBRARY_FRAGMENT(fastadv, m) {
   m.def("_linf_step_compact(Tensor x, Tensor grad, Tensor x_nat, Tensor eps, Tensor alpha, Tensor? noise, "
         "Tensor dest, Tensor index, Tensor(a!) leavers, Tensor(b!) x_next, Tensor(c!) x_nat_next, "
         "Tensor(d!) errors, float clip_min, float clip_max) -> ()");
+  m.def("_linf_fosc_step_(Tensor(a!) x, Tensor grad, Tensor x_nat, Tensor x_start, Tensor eps, Tensor alpha, "
+        "float threshold, bool always, float clip_min, float clip_max) -> Tensor");
   m.def("_build_info() -> str", &build_info);
 }
 

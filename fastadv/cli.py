@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
            "accuracy is lower than 10 epochs before")
     a("--noise-max", type=_number, default=None,
       help="NoiLIn's largest noise rate (noilin-at: default 0.6; noilin-trades: 0.4)")
+    a("--loss-weights", action=argparse.BooleanOptionalAction, default=None,
+      help="DAT: weight each row's loss by its own adversarial CE, as the official code does "
+           "(dat; default off: the paper's plain CE)")
     a("--preset", default=None, choices=["paper"],
       help="'paper': the method's paper recipe for CIFAR-10 (WRN, 85-120 epochs); 32x32 RGB "
            "datasets only")

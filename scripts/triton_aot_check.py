@@ -83,6 +83,8 @@ def _call_wrappers(quick: bool) -> None:
                 dest, index = torch.arange(n), torch.arange(n)
                 errors = torch.zeros(1, dtype=torch.int32)
                 tk.linf_step_compact(x, x, x, e, e, noise, dest, index, x, x, x, errors, 0.0, 1.0)
+            for always in ((False,) if quick else (False, True)):  # DAT's FOSC step (no noise)
+                tk.linf_fosc_step(x, x, x, x, e, e, 0.5, always, 0.0, 1.0)
             if not quick:
                 for uniform in (True, False):
                     tk.start_from_noise(x, torch.zeros(x.shape, dtype=ct), e, uniform, 0.0, 1.0)

@@ -233,6 +233,53 @@ void l2_step_cpu(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat, 
   });
 }
 
+// ----------------------------------------------------------------------------- DAT's FOSC step
+template <typename C, typename T = typename C::raw, typename A = typename C::compute>
+void fosc_rows(T* x, const T* g, const T* xn, const T* x0, const A* eps, const A* alpha, A* fosc,
+               int64_t N, int64_t D, A thr, bool always, A lo, A hi) {
+  // One task per row, two passes over it (the second from cache): the FOSC
+  // c = eps*||g||_1 - <x - x0, g> (float64 sums of compute-dtype terms, each rounded once to A),
+  // then the L-inf step of the row if it goes on (always, or c > thr).
+  at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)), [&](int64_t b, int64_t e_) {
+    for (int64_t n = b; n < e_; ++n) {
+      const int64_t o = n * D;
+      double l1 = 0.0, dot = 0.0;
+      for (int64_t j = 0; j < D; ++j) {
+        const A gj = C::ld(g[o + j]);
+        const A d = C::ld(x[o + j]) - C::ld(x0[o + j]);  // rounded to A, as the reference
+        l1 += static_cast<double>(std::fabs(gj));
+        dot += static_cast<double>(d) * static_cast<double>(gj);
+      }
+      const A l1a = static_cast<A>(l1);
+      const A c = eps[n] * l1a - static_cast<A>(dot);
+      fosc[n] = c;
+      if (always || c > thr)
+        linf_span<C, false>(x + o, g + o, xn + o, static_cast<const A*>(nullptr), eps[n], alpha[n], D, lo, hi);
+    }
+  });
+}
+
+at::Tensor linf_fosc_step_cpu(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat,
+                              const at::Tensor& x_start, const at::Tensor& eps, const at::Tensor& alpha,
+                              double threshold, bool always, double clip_min, double clip_max) {
+  check_step(x, grad, x_nat, eps, alpha, c10::nullopt);
+  check_like(x_start, x, "x_start");
+  const int64_t N = x.size(0);
+  at::Tensor fosc = at::empty({N}, x.options().dtype(compute_type(x)));
+  if (x.numel() == 0) {
+    fosc.zero_();
+    return fosc;
+  }
+  dispatch_codec(x.scalar_type(), "x", [&](auto codec) {
+    using C = decltype(codec);
+    using A = typename C::compute;
+    fosc_rows<C>(raw_ptr<C>(x), raw_ptr<C>(grad), raw_ptr<C>(x_nat), raw_ptr<C>(x_start), eps.data_ptr<A>(),
+                 alpha.data_ptr<A>(), fosc.data_ptr<A>(), N, x.numel() / N, static_cast<A>(threshold), always,
+                 static_cast<A>(clip_min), static_cast<A>(clip_max));
+  });
+  return fosc;
+}
+
 // ----------------------------------------------------------------------------- random start
 template <typename C, bool Uniform, typename T = typename C::raw, typename A = typename C::compute>
 void start_rows(T* out, const T* xn, const A* r, const A* scale, int64_t N, int64_t D, A lo, A hi) {
@@ -424,4 +471,5 @@ TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
   m.impl("_compaction_plan", &fastadv::compaction_plan_cpu);
   m.impl("_compact_rows", &fastadv::compact_rows_cpu);
   m.impl("_linf_step_compact", &fastadv::linf_step_compact_cpu);
+  m.impl("_linf_fosc_step_", &fastadv::linf_fosc_step_cpu);
 }

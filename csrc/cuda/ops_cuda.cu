@@ -282,6 +282,57 @@ void l2_step_cuda(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat,
   check_launch("_l2_step_");
 }
 
+// ----------------------------------------------------------------------------- DAT's FOSC step
+// One block per row: c = eps*||g||_1 - <x - x0, g> (float64 sums of compute-dtype terms, each
+// rounded once to A, as the reference), then the L-inf step of the row if always or c > thr.
+template <typename T, typename A = compute_t<T>>
+__global__ void fosc_kernel(T* x, const T* __restrict__ g, const T* __restrict__ xn, const T* __restrict__ x0,
+                            const A* __restrict__ eps, const A* __restrict__ alpha, A* __restrict__ fosc, int64_t d,
+                            A thr, bool always, A lo, A hi) {
+  __shared__ double shared[32];
+  const int64_t row = blockIdx.x, o = row * d;
+  double l1 = 0.0, dot = 0.0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const A gj = static_cast<A>(ld(g[o + j]));
+    const A dj = fsub(static_cast<A>(ld(x[o + j])), static_cast<A>(ld(x0[o + j])));
+    l1 = __dadd_rn(l1, static_cast<double>(gj < A(0) ? -gj : gj));
+    dot = __dadd_rn(dot, __dmul_rn(static_cast<double>(dj), static_cast<double>(gj)));
+  }
+  const A l1a = static_cast<A>(block_sum(l1, shared));
+  const A dota = static_cast<A>(block_sum(dot, shared));
+  const A e = eps[row];
+  const A c = fsub(fmul(e, l1a), dota);
+  if (threadIdx.x == 0) fosc[row] = c;
+  if (!(always || c > thr)) return;  // the row stops: x keeps its iterate
+  const A a = alpha[row];
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)  // each thread rewrites only what it read
+    x[o + j] = st<T>(linf_value<false>(static_cast<A>(ld(x[o + j])), static_cast<A>(ld(g[o + j])),
+                                       static_cast<A>(ld(xn[o + j])), e, a, A(0), lo, hi));
+}
+
+at::Tensor linf_fosc_step_cuda(at::Tensor x, const at::Tensor& grad, const at::Tensor& x_nat,
+                               const at::Tensor& x_start, const at::Tensor& eps, const at::Tensor& alpha,
+                               double threshold, bool always, double clip_min, double clip_max) {
+  check_step(x, grad, x_nat, eps, alpha, c10::nullopt);
+  check_like(x_start, x, "x_start");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.size(0);
+  at::Tensor fosc = at::empty({n}, x.options().dtype(compute_type(x)));
+  if (x.numel() == 0) return fosc.zero_();
+  TORCH_CHECK(n <= INT32_MAX, "x: at most 2^31 - 1 rows");  // one block per row
+  const int64_t d = x.numel() / n;
+  with_type(x, [&](auto tag) {
+    using T = decltype(tag);
+    using A = compute_t<T>;
+    fosc_kernel<T><<<static_cast<unsigned>(n), kThreads, 0, stream()>>>(
+        ptr<T>(x), ptr<const T>(grad), ptr<const T>(x_nat), ptr<const T>(x_start), eps.data_ptr<A>(),
+        alpha.data_ptr<A>(), fosc.data_ptr<A>(), d, static_cast<A>(threshold), always, static_cast<A>(clip_min),
+        static_cast<A>(clip_max));
+  });
+  check_launch("_linf_fosc_step_");
+  return fosc;
+}
+
 // ----------------------------------------------------------------------------- early stop
 template <typename T, typename Y, typename A = compute_t<T>>
 __global__ void early_stop_kernel(const T* __restrict__ logits, const Y* __restrict__ y, int64_t* budget,
@@ -469,4 +520,5 @@ TORCH_LIBRARY_IMPL(fastadv, CUDA, m) {
   m.impl("_compaction_plan", &fastadv::compaction_plan_cuda);
   m.impl("_compact_rows", &fastadv::compact_rows_cuda);
   m.impl("_linf_step_compact", &fastadv::linf_step_compact_cuda);
+  m.impl("_linf_fosc_step_", &fastadv::linf_fosc_step_cuda);
 }

@@ -8,12 +8,14 @@ the adversarial tensor, ``atk.run(x, y)`` an :class:`AttackResult` with per-samp
 ``EarlyStopPGD``   FAT's PGD-K-τ, compacting still-active samples after every check
 ``GAPGD``          GAIRAT's κ-counting PGD
 ``CurriculumPGD``  CAT's batch mixing: chunk i of the batch takes i steps, in one call
+``FOSCPGD``        DAT's PGD: a row stops once its FOSC falls to a threshold (computed in the step)
 =================  =========================================================================
 """
 from .base import Attack, AttackResult
 from .curriculum import CurriculumPGD
 from .early_stop import EarlyStopPGD
+from .fosc import FOSCPGD
 from .pgd import CW, FGSM, GAPGD, PGD
 
 __all__ = ["Attack", "AttackResult", "PGD", "FGSM", "CW", "EarlyStopPGD", "GAPGD",
-           "CurriculumPGD"]
+           "CurriculumPGD", "FOSCPGD"]

@@ -10,6 +10,7 @@ function                           does
 ``compaction_plan``                destination rows of the still-active samples + their count (1 host read)
 ``compact_rows``                   pack active rows to the front, scatter leavers to ``leavers[index]``
 ``linf_step_compact``              the L∞ step fused with compaction (one pass over memory)
+``linf_fosc_step_``                DAT's FOSC per row fused with the L∞ step of the rows above a threshold
 ``available_backends``             e.g. ``["native", "reference"]`` on a CPU build
 =================================  =====================================================================
 
@@ -36,7 +37,8 @@ from ._validation import check_batched, check_clip, check_tensor, compute_dtype,
 from .dispatch import available_backends, get_backend
 
 __all__ = ["linf_step_", "l2_step_", "random_start", "early_stop_update_", "compaction_plan",
-           "compact_rows", "linf_step_compact", "available_backends", "get_backend"]
+           "compact_rows", "linf_step_compact", "linf_fosc_step_", "available_backends",
+           "get_backend"]
 
 
 def _call(name: str, *args):
@@ -169,3 +171,16 @@ def linf_step_compact(x: Tensor, grad: Tensor, x_nat: Tensor, eps, alpha, dest: 
     e, a = _per_sample("eps", eps, x, check), _per_sample("alpha", alpha, x, check)
     return _call("linf_step_compact", x, grad, x_nat, e, a, dest, n_active, index, leavers, noise,
                  clip_min, clip_max, check)
+
+
+def linf_fosc_step_(x: Tensor, grad: Tensor, x_nat: Tensor, x_start: Tensor, eps, alpha,
+                    threshold: float, always: bool = False, clip_min: float = 0.0,
+                    clip_max: float = 1.0, *, check: bool = True) -> Tensor:
+    """DAT's first-order stationary condition, fused with the L∞ step. Per row:
+    ``c = ε·‖g‖₁ − ⟨x − x_start, g⟩`` (``x_start``: the attack's start x⁰; the sums in float64,
+    rounded once to the compute dtype); rows with ``always`` or ``c > threshold`` take the L∞
+    step in place (as :func:`linf_step_`), the others keep ``x``. Returns ``c`` [N] in the compute
+    dtype (a row stopped where ``not c > threshold``)."""
+    e, a = _per_sample("eps", eps, x, check), _per_sample("alpha", alpha, x, check)
+    return _call("linf_fosc_step_", x, grad, x_nat, x_start, e, a, threshold, always, clip_min,
+                 clip_max, check)

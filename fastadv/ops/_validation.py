@@ -127,6 +127,15 @@ def step_inputs(x, grad, x_nat, eps, alpha, noise, clip_min, clip_max, check: bo
     return eps, alpha, noise, clip_min, clip_max
 
 
+def check_threshold(v) -> float:
+    """A finite Python number (any sign), as a float: DAT's FOSC threshold."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"threshold must be a float, got {type(v).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"threshold must be finite, got {v!r}")
+    return float(v)
+
+
 def check_index_vector(name: str, t, n: int, device: torch.device, dtypes=(torch.int64,)) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

@@ -176,6 +176,41 @@ def _(x, grad, x_nat, eps, alpha, noise=None, clip_min=0.0, clip_max=1.0, check=
     return None
 
 
+@_custom_op("linf_fosc_step_", mutates_args=("x",))
+def linf_fosc_step_(x: Tensor, grad: Tensor, x_nat: Tensor, x_start: Tensor, eps: Tensor,
+                    alpha: Tensor, threshold: float, always: bool = False, clip_min: float = 0.0,
+                    clip_max: float = 1.0, check: bool = True) -> Tensor:
+    """DAT's FOSC ``c = eps·||g||_1 − <x − x_start, g>`` per row, fused with the L∞ step of the
+    rows with ``always`` or ``c > threshold`` (in place on ``x``); returns ``c`` [N]."""
+    eps, alpha, _, clip_min, clip_max = v.step_inputs(x, grad, x_nat, eps, alpha, None, clip_min,
+                                                      clip_max, check)
+    v.check_like("x_start", x_start, x, "x")
+    threshold = v.check_threshold(threshold)
+    if not isinstance(always, bool):
+        raise TypeError(f"always must be a bool, got {type(always).__name__}")
+    n = x.shape[0]
+    if n == 0 or x.numel() == 0:
+        return torch.zeros(n, dtype=v.compute_dtype(x), device=x.device)
+    grad, x_nat, x_start = (unaliased(x, t) for t in (grad, x_nat, x_start))
+    be = dispatch.get_backend(x.device)
+    if dispatch.is_reference(be):
+        return be.linf_fosc_step(x, grad, x_nat, x_start, eps, alpha, threshold, always, clip_min,
+                                 clip_max)
+    work = _row_dense(x)
+    grad, x_nat, x_start = (_to_layout(t, work) for t in (grad, x_nat, x_start))
+    c = be.linf_fosc_step(work, grad, x_nat, x_start, eps, alpha, threshold, always, clip_min,
+                          clip_max)
+    if work is not x:
+        x.copy_(work)
+    return c
+
+
+@linf_fosc_step_.register_fake
+def _(x, grad, x_nat, x_start, eps, alpha, threshold, always=False, clip_min=0.0, clip_max=1.0,
+      check=True):
+    return x.new_empty(x.shape[0], dtype=v.compute_dtype(x))
+
+
 # ----------------------------------------------------------------------------- random start
 @_custom_op("start_from_noise", mutates_args=())
 def start_from_noise(x_nat: Tensor, r: Tensor, scale: Tensor, uniform: bool, clip_min: float = 0.0,

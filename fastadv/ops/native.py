@@ -33,7 +33,8 @@ _state: dict = {"loaded": False, "error": None, "source": None, "info": None}
 # Backend function name -> kernel op of the library.
 _KERNELS = {"linf_step": "_linf_step_", "l2_step": "_l2_step_", "start_from_noise": "_start_from_noise",
             "early_stop_update": "_early_stop_update_", "compaction_plan": "_compaction_plan",
-            "compact_rows": "_compact_rows", "linf_step_compact": "_linf_step_compact"}
+            "compact_rows": "_compact_rows", "linf_step_compact": "_linf_step_compact",
+            "linf_fosc_step": "_linf_fosc_step_"}
 
 
 def _source_dir() -> Optional[Path]:

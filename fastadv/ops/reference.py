@@ -83,6 +83,34 @@ def l2_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
     x.copy_((xn + d * factor).clamp(clip_min, clip_max))
 
 
+def _row_sum64(t: Tensor, like: Tensor) -> Tensor:
+    """Per-sample sum of ``t`` in float64, rounded once to ``like``'s dtype, shape [N]."""
+    flat = t.reshape(t.shape[0], -1) if t.numel() else t.new_zeros(t.shape[0], 0)
+    return flat.double().sum(dim=1).to(like.dtype)
+
+
+def linf_fosc_step(x: Tensor, grad: Tensor, x_nat: Tensor, x_start: Tensor, eps: Tensor,
+                   alpha: Tensor, threshold: float, always: bool, clip_min: float,
+                   clip_max: float) -> Tensor:
+    """DAT's FOSC and step, in place on ``x``; returns the FOSC [N] (compute dtype).
+
+    c = eps * ||g||_1 - <x - x_start, g>, the two sums in float64 over the compute-dtype terms
+    (|g| and (x - x_start) * g, the product in float64), each rounded once to the compute dtype;
+    rows with ``always`` or c > threshold take the L∞ step (as :func:`linf_step`), the others
+    (c <= threshold, or NaN) keep x.
+    """
+    g = _compute(grad)
+    l1 = _row_sum64(g.abs(), g)
+    diff = _compute(x) - _compute(x_start)
+    dot = _row_sum64(diff.double() * g.double(), g)
+    c = eps * l1 - dot
+    stepped = x.clone()
+    linf_step(stepped, grad, x_nat, eps, alpha, None, clip_min, clip_max)
+    move = torch.ones_like(c, dtype=torch.bool) if always else c > threshold
+    x.copy_(torch.where(_rows(move, x), stepped, x))
+    return c
+
+
 def start_from_noise(x_nat: Tensor, r: Tensor, scale: Tensor, uniform: bool,
                      clip_min: float, clip_max: float) -> Tensor:
     """Random start from pre-drawn noise ``r`` (compute dtype, shaped like ``x_nat``).

@@ -302,6 +302,67 @@ def l2_step(x: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor, alpha: Tensor,
         KIND=kind, HAS_NOISE=noise is not None, ROWS=rows, BLOCK_D=bd, **_LAUNCH)
 
 
+# ----------------------------------------------------------------------------- DAT's FOSC step
+@triton.jit
+def _fosc_kernel(x_ptr, g_ptr, xn_ptr, x0_ptr, eps_ptr, alpha_ptr, fosc_ptr, thr_ptr, N, D, lo, hi,
+                 bounds_ptr, ALWAYS: tl.constexpr, KIND: tl.constexpr, ROWS: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    # One program owns ROWS whole rows, two passes: the FOSC c = eps*||g||_1 - <x - x0, g>
+    # (float64 sums of compute-dtype terms, each rounded once), then the L-inf step of the rows
+    # with ALWAYS or c > thr (the threshold from memory: float64 kernels need it unrounded).
+    lo, hi = _clip_bounds(lo, hi, bounds_ptr, KIND)
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < N
+    base = rows[:, None] * D
+    e = tl.load(eps_ptr + rows, mask=rmask, other=0.0)  # in the compute dtype
+    l1 = tl.zeros([ROWS, BLOCK_D], dtype=tl.float64)
+    dot = tl.zeros([ROWS, BLOCK_D], dtype=tl.float64)
+    for start in range(0, D, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < D)[None, :]
+        offs = base + cols[None, :]
+        g = _dec(tl.load(g_ptr + offs, mask=mask, other=0), KIND)
+        diff = _dec(tl.load(x_ptr + offs, mask=mask, other=0), KIND) - \
+            _dec(tl.load(x0_ptr + offs, mask=mask, other=0), KIND)
+        l1 += tl.abs(g).to(tl.float64)
+        dot += diff.to(tl.float64) * g.to(tl.float64)
+    c = e * tl.sum(l1, axis=1).to(e.dtype) - tl.sum(dot, axis=1).to(e.dtype)
+    tl.store(fosc_ptr + rows, c, mask=rmask)
+    thr = tl.load(thr_ptr)
+    move = rmask if ALWAYS else rmask & (c > thr)
+    a = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)[:, None]
+    for start in range(0, D, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = move[:, None] & (cols < D)[None, :]
+        offs = base + cols[None, :]
+        x = _dec(tl.load(x_ptr + offs, mask=mask, other=0), KIND)
+        g = _dec(tl.load(g_ptr + offs, mask=mask, other=0), KIND)
+        xn = _dec(tl.load(xn_ptr + offs, mask=mask, other=0), KIND)
+        r = _linf_value(x, g, xn, e[:, None], a, 0.0, lo, hi, False)
+        tl.store(x_ptr + offs, _enc(r, KIND), mask=mask)
+
+
+def linf_fosc_step(x: Tensor, grad: Tensor, x_nat: Tensor, x_start: Tensor, eps: Tensor,
+                   alpha: Tensor, threshold: float, always: bool, clip_min: float,
+                   clip_max: float) -> Tensor:
+    """DAT's FOSC per row and the L∞ step of the rows that go on (see the reference); returns
+    the FOSC [N] in the compute dtype."""
+    n = x.shape[0]
+    fosc = torch.zeros(n, dtype=eps.dtype, device=x.device)
+    if n == 0 or x.numel() == 0:
+        return fosc
+    d = x.numel() // n
+    fx, kind = _storage(x)
+    lo, hi, bounds = _bounds(kind, clip_min, clip_max, x.device)
+    thr = torch.tensor([threshold], dtype=eps.dtype, device=x.device)
+    rows, bd = _tile(n, d, _block(kind))
+    _fosc_kernel[(triton.cdiv(n, rows),)](
+        fx, _storage(grad)[0], _storage(x_nat)[0], _storage(x_start)[0], eps, alpha, fosc, thr, n, d,
+        lo, hi, bounds if bounds is not None else eps, ALWAYS=bool(always), KIND=kind, ROWS=rows,
+        BLOCK_D=bd, **_LAUNCH)
+    return fosc
+
+
 # ----------------------------------------------------------------------------- random start
 @triton.jit
 def _start_kernel(out_ptr, xn_ptr, r_ptr, scale_ptr, N, D, lo, hi, bounds_ptr,

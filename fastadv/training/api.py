@@ -265,6 +265,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                       steps=cfg.steps, tau=cfg.tau, omega=cfg.omega, beta=cfg.beta, lam=cfg.lam,
                       weight_func=cfg.weight_func, gair_start=cfg.gair_start,
                       noise_type=cfg.noise_type, noise_min=cfg.noise_min, noise_max=cfg.noise_max,
+                      loss_weights=cfg.loss_weights,
                       epochs=cfg.epochs,
                       lr_fn=lambda e: lr_at(e, cfg.lr, cfg.epochs, cfg.lr_schedule),
                       device=device, amp=cfg.amp, channels_last=cfg.channels_last,

@@ -82,6 +82,7 @@ class TrainConfig:
     noise_type: Optional[str] = None            # NoiLIn: symmetric | pairflip
     noise_min: Optional[float] = None           # NoiLIn: first label-noise rate (0.05)
     noise_max: Optional[float] = None           # NoiLIn: largest rate (0.6 noilin-at, 0.4 trades)
+    loss_weights: Optional[bool] = None         # DAT: the official adversarial-CE loss weights
     augment: Any = True                         # the dataset's default augmentation
     train_samples: Union[int, str, None] = None  # the first N training images ("all": every one)
     eval_samples: Union[int, str, None] = None   # test images evaluated per epoch ("all": every one)

@@ -22,9 +22,10 @@ COLUMNS = [
     ("seconds", "sec", 7, ".1f"), ("eval_seconds", "eval-s", 6, ".1f"),
     ("images_per_sec", "img/s", 7, ".0f"),
 ]
-# Columns printed only by runs whose rows have them (NoiLIn's rate, CAT's k and rollbacks, the
-# validation accuracy of both).
-EXTRA_COLUMNS = [("noise_rate", "noise", 5, ".3f"), ("cat_k", "k", 2, "d"),
+# Columns printed only by runs whose rows have them (DAT's FOSC threshold, NoiLIn's rate, CAT's k
+# and rollbacks, the validation accuracy of the last two).
+EXTRA_COLUMNS = [("fosc_threshold", "c_t", 5, ".3f"), ("noise_rate", "noise", 5, ".3f"),
+                 ("cat_k", "k", 2, "d"),
                  ("val_robust_acc", "val-rob%", 8, ".2f"), ("rolled_back_to", "back-to", 7, "d")]
 # Printed once above the table: what the columns measure.
 LEGEND = ("tr-nat% / tr-adv%: accuracy on the training batches, clean / on the method's own "

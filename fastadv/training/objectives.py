@@ -156,6 +156,41 @@ class GairCE(CE):
         return f"GairCE(default_lam={self.default_lam:g})"
 
 
+def _check_flag(name, value, epochs):
+    if not isinstance(value, bool):
+        fail(name, f"must be True or False, got {value!r}", TypeError)
+    return value
+
+
+class DatCE(CE):
+    """DAT's objective: CE, or with ``loss_weights=True`` the official code's weighting, each
+    row's CE times its own adversarial CE (detached, from a no-grad eval-mode forward as its
+    ``model.predict``; from the second epoch on; Keras' sample-weighted mean). Off by default:
+    the DAT paper's algorithm trains on plain CE, and the weights (the mean adversarial CE, 1 to
+    2 early on) rescale the learning rate; on, the step costs one more forward."""
+    name = "dat-ce"
+    options = (Option("loss_weights", "DAT's adversarial-CE loss weights", False, _check_flag),)
+
+    def epoch_values(self, settings, epoch, epochs):
+        return {"loss_weights": bool(settings.get("loss_weights")) and epoch >= 1}
+
+    def __call__(self, model, x, y, res, plan):
+        if not plan.values.get("loss_weights"):
+            return super().__call__(model, x, y, res, plan)
+        inner = getattr(model, "module", model)  # DDP: the weights from the plain module
+        modes = [m.training for m in inner.modules()]
+        inner.eval()
+        with torch.no_grad():
+            probs = F.softmax(inner(res.x_adv).float(), dim=1)
+        for m, mode in zip(inner.modules(), modes):
+            m.training = mode
+        w = -torch.log(probs.gather(1, y[:, None]).squeeze(1) + 1e-12)  # max(−y·log(p + 1e-12))
+        logits_adv = model(res.x_adv).float()
+        ce = F.cross_entropy(logits_adv, y, reduction="none")
+        nonzero = (w != 0).float().mean().clamp_min(1e-12)  # Keras divides by the share of w ≠ 0
+        return (w * ce).mean() / nonzero, logits_adv
+
+
 def _check_beta(name, value, epochs):
     check_number(name, value, minimum=0)
     return float(value)

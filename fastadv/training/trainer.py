@@ -75,7 +75,8 @@ class Trainer:
     gair-fat; plain CE before epoch ``gair_start``, default half the ``epochs``, which must then be
     given here or to :meth:`fit`); ``noise_type``/``noise_min``/``noise_max``: NoiLIn's label
     noise (noilin-at, noilin-trades: symmetric, 0.05, 0.6 / 0.4; its rate follows the validation
-    robust accuracy, so :meth:`fit` needs ``val_data``). ``lr_fn(epoch) -> lr`` sets the lr at
+    robust accuracy, so :meth:`fit` needs ``val_data``); ``loss_weights``: DAT's official
+    adversarial-CE loss weights (dat; default off). ``lr_fn(epoch) -> lr`` sets the lr at
     the start of each epoch; alternatively a torch ``scheduler`` is stepped after each epoch.
     ``amp="bf16"``: autocast; ``channels_last``; ``compile``: ``torch.compile`` the model
     (``dynamic=True``: early stopping shrinks the batch). ``eval_steps``: PGD steps of the
@@ -96,7 +97,7 @@ class Trainer:
                  lam: Optional[float] = None, weight_func: Optional[str] = None,
                  gair_start: Optional[int] = None, noise_type: Optional[str] = None,
                  noise_min: Optional[float] = None, noise_max: Optional[float] = None,
-                 epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
+                 loss_weights: Optional[bool] = None, epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
                  scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
                  compile: bool = False, eval_steps: int = 20, eval_alpha: Optional[float] = None,
                  train_nat_acc: bool = True,
@@ -126,7 +127,8 @@ class Trainer:
         # the number of epochs becomes known (fit), so defaults like gair_start follow it.
         self.method_options = dict(tau=tau, omega=omega, beta=beta, lam=lam,
                                    weight_func=weight_func, gair_start=gair_start,
-                                   noise_type=noise_type, noise_min=noise_min, noise_max=noise_max)
+                                   noise_type=noise_type, noise_min=noise_min, noise_max=noise_max,
+                                   loss_weights=loss_weights)
         self.epochs = epochs
         self.settings = self.method_object.resolve(self.method_options, epochs)
         if amp not in (None, "bf16"):
@@ -415,8 +417,9 @@ class Trainer:
             "bp_executed_saved": 100.0 * (1 - bp_exec_avg / self.steps) if has_attack else None,
             "seconds": seconds, "images_per_sec": n / seconds if seconds > 0 else None,
         }
-        if self.method_object.label_noise is not None:  # NoiLIn: this epoch's rate
-            row["noise_rate"] = self.plan.values["noise_rate"]
+        for key in ("noise_rate", "fosc_threshold"):  # NoiLIn's rate, DAT's threshold
+            if key in self.plan.values:
+                row[key] = self.plan.values[key]
         return row
 
     def evaluate(self, data, max_samples: Optional[int] = None, batch_size: int = 256) -> Dict[str, float]:
