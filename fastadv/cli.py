@@ -135,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
            "accuracy is lower than 10 epochs before")
     a("--noise-max", type=_number, default=None,
       help="NoiLIn's largest noise rate (noilin-at: default 0.6; noilin-trades: 0.4)")
+    a("--extra-data", default=None,
+      help="a file of extra images and (pseudo-)labels (.npz, .pt, or the official .pickle) "
+           "mixed into every batch: robust self-training, as gair-rst uses it")
+    a("--extra-fraction", type=_number, default=None,
+      help="share of each batch taken from --extra-data (default 0.5, the official half)")
     a("--loss-weights", action=argparse.BooleanOptionalAction, default=None,
       help="DAT: weight each row's loss by its own adversarial CE, as the official code does "
            "(dat; default off: the paper's plain CE)")

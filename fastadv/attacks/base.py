@@ -35,6 +35,7 @@ class AttackResult:
     bp: int
     bp_executed: int
     rows_computed: int
+    extras: Optional[dict] = None  # what a composite attack adds (GAIR-RST's C&W iterate, x_cw)
 
 
 def _check_int(name: str, v, minimum: int = 0) -> int:

@@ -104,6 +104,10 @@ def train(method=None, tau=None, **options) -> TrainResult:
     elif stored.get("method") and str(method).lower() != stored["method"].lower():
         raise RunFolderError(f"resume: {os.path.join(options['out_dir'], 'last.pt')} is a "
                              f"{stored['method']!r} run, not {method!r}")
+    if stored.get("extra_data") and not options.get("extra_data"):
+        fail("extra_data", f"the run in {options['out_dir']} trained with extra data "
+                           f"({stored['extra_data']}); a resume reads no path from a checkpoint: "
+                           f"pass extra_data= again")
     recipe = {k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__
               and k not in RUNTIME_OPTIONS and k != "method" and k not in explicit}
     cfg = resolve_config(method, **{**recipe, **{k: v for k, v in options.items() if v is not None}})
@@ -212,6 +216,7 @@ def _train(cfg: TrainConfig, explicit, write: bool, device: torch.device) -> Tra
 def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str, Any]],
          device: torch.device) -> TrainResult:
     from ..data import BatchLoader, load_dataset
+    from ..data.extra import MixedBatchLoader, extra_batch_size
     distributed = dist_utils.is_distributed()
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     main = rank == 0
@@ -232,6 +237,10 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
         train_ds, test_ds = load()
     if cfg.train_samples is not None:
         train_ds = train_ds.subset(slice(0, cfg.train_samples))
+    extra_ds = None
+    if cfg.extra_data is not None:
+        from ..data.extra import load_extra_data
+        extra_ds = load_extra_data(cfg.extra_data, train_ds)
     val_ds = None
     if cfg.method_object.needs_validation:  # NoiLIn, CAT: a validation split, never trained on
         train_ds, val_ds = split_validation(train_ds)
@@ -246,13 +255,16 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                                 weight_decay=cfg.weight_decay)
     if folder is not None:
         _on_main(lambda: _check_free_space(folder, model, cfg.momentum > 0), distributed, main)
-    if distributed:
-        loader = dist_utils.ShardedBatchLoader(
-            train_ds, batch_size=cfg.batch_size // world, shuffle=True, augment=cfg.augment,
-            device=device, seed=cfg.seed, channels_last=cfg.channels_last)
-    else:
-        loader = BatchLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-                             device=device, seed=cfg.seed, channels_last=cfg.channels_last)
+    loader_type = dist_utils.ShardedBatchLoader if distributed else BatchLoader
+    batch = cfg.batch_size // world  # this process's share of the global batch
+    common = dict(shuffle=True, augment=cfg.augment, device=device, channels_last=cfg.channels_last)
+    if extra_ds is None:
+        loader = loader_type(train_ds, batch_size=batch, seed=cfg.seed, **common)
+    else:  # robust self-training: every batch = labelled rows + a share of the extra data
+        b = extra_batch_size(batch, cfg.extra_fraction)
+        loader = MixedBatchLoader(
+            loader_type(train_ds, batch_size=batch - b, seed=cfg.seed, **common),
+            loader_type(extra_ds, batch_size=b, seed=cfg.seed + 1, drop_last=True, **common))
     n_eval = len(test_ds) if cfg.eval_samples is None else min(cfg.eval_samples, len(test_ds))
     test_data = test_ds.subset(slice(0, n_eval))  # a fixed subset: the same images every epoch
     logger = RunLogger(folder.path if folder is not None and main else None,
@@ -285,7 +297,9 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     elif cfg.resume:
         logger.print(f"resume: no checkpoint at {last}; starting from scratch")
     logger.print(_banner(cfg, train_ds, n_eval, device, world)
-                 + (f" | {len(val_ds)} training images held out for validation" if val_ds else ""))
+                 + (f" | {len(val_ds)} training images held out for validation" if val_ds else "")
+                 + (f" | + {len(extra_ds)} extra images ({cfg.extra_fraction:g} of each batch, "
+                    f"{cfg.extra_data})" if extra_ds is not None else ""))
     if trainer.history:
         logger.write(trainer.history)  # the files match the checkpoint, whatever was there
     trainer.fit(loader, test_data, cfg.epochs, eval_every=cfg.eval_every,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
@@ -83,6 +84,8 @@ class TrainConfig:
     noise_min: Optional[float] = None           # NoiLIn: first label-noise rate (0.05)
     noise_max: Optional[float] = None           # NoiLIn: largest rate (0.6 noilin-at, 0.4 trades)
     loss_weights: Optional[bool] = None         # DAT: the official adversarial-CE loss weights
+    extra_data: Optional[str] = None            # a file of extra images + (pseudo-)labels (RST)
+    extra_fraction: Optional[float] = None      # share of each batch from extra_data (default 0.5)
     augment: Any = True                         # the dataset's default augmentation
     train_samples: Union[int, str, None] = None  # the first N training images ("all": every one)
     eval_samples: Union[int, str, None] = None   # test images evaluated per epoch ("all": every one)
@@ -118,7 +121,8 @@ BOOL_OPTIONS = ("download", "channels_last", "compile", "sync_bn", "resume", "ov
 # Where and how a run executes, not what it trains or measures: a resume takes these from the
 # call that resumes, never from the checkpoint (a path or device stored there is not followed).
 RUNTIME_OPTIONS = ("data_dir", "download", "verify_data", "device", "progress", "verbose",
-                   "threads", "eval_batch_size", "train_nat_acc", "out_dir", "resume", "overwrite")
+                   "threads", "eval_batch_size", "train_nat_acc", "out_dir", "resume", "overwrite",
+                   "extra_data")
 # The one recipe option a resume may change: more epochs extend the run (the lr and τ schedules
 # then follow the new length from the next epoch on).
 RESUME_CHANGEABLE = ("epochs",)
@@ -197,6 +201,19 @@ def resolve_config(method: Union[str, Method] = "fat", **options) -> TrainConfig
         if name not in m.options:
             setattr(cfg, name, None)  # e.g. the fat preset's omega on a method without it
     check_number("batch_size", cfg.batch_size, minimum=1, integer=True)
+    if cfg.extra_data is not None:
+        if not isinstance(cfg.extra_data, (str, os.PathLike)) or not str(cfg.extra_data):
+            fail("extra_data", f"must be a file path, got {cfg.extra_data!r}", TypeError)
+        cfg.extra_data = os.fspath(cfg.extra_data)
+        cfg.extra_fraction = 0.5 if cfg.extra_fraction is None else cfg.extra_fraction
+        check_number("extra_fraction", cfg.extra_fraction, minimum=0, strict=True)
+        if cfg.extra_fraction >= 1:
+            fail("extra_fraction", f"is the share of each batch from extra_data, below 1, got "
+                                   f"{cfg.extra_fraction!r}")
+        if cfg.batch_size < 2:
+            fail("batch_size", "must be at least 2 to mix extra data into every batch")
+    elif cfg.extra_fraction is not None:
+        fail("extra_fraction", "applies only with extra_data (a file of extra images)")
     check_number("lr", cfg.lr, minimum=0, strict=True)
     check_number("momentum", cfg.momentum, minimum=0)
     check_number("weight_decay", cfg.weight_decay, minimum=0)

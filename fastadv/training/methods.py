@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .checks import Option, check_number, fail
 from .label_noise import LabelNoise
-from .objectives import CE, DatCE, EpochPlan, GairCE, Mart, Objective, Trades
+from .objectives import CE, DatCE, EpochPlan, GairCE, GairTrades, Mart, Objective, Trades
 from .schedules import scale_boundaries
 
 # ----------------------------------------------------------------------------- attack recipes
@@ -231,6 +231,43 @@ class FOSCAttack(AttackRecipe):
         return f"FOSCAttack(fosc_max={self.fosc_max:g}, dynamic_fraction={self.dynamic_fraction:g})"
 
 
+class GairRSTAttack(AttackRecipe):
+    """GAIR-RST's attacks (GAIR_RST/losses.py): TRADES' KL attack from the normal start, whose
+    checks give κ; while GAIR reweights (the objective's λ is on), a second, C&W-loss PGD-K from
+    the normal start as well, its iterate in ``res.extras["x_cw"]``. Both count in the BPs."""
+
+    def __init__(self):
+        super().__init__("kl", "normal")
+
+    def build(self, model, *, eps, alpha, steps, random_start, plan):
+        from ..attacks import PGD
+        kl = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, loss="kl")
+        cw = None
+        if plan.values.get("lam") is not None:
+            cw = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, loss="cw")
+        return _KLThenCW(kl, cw)
+
+    def __repr__(self) -> str:
+        return "GairRSTAttack()"
+
+
+class _KLThenCW:
+    """Runs the KL attack, then the C&W one (if any) on the same batch; one result."""
+
+    def __init__(self, kl, cw):
+        self.kl, self.cw = kl, cw
+
+    def run(self, x, y, check_labels=None):
+        res = self.kl.run(x, y, check_labels=check_labels)
+        if self.cw is not None:
+            cw = self.cw.run(x, y, check_labels=check_labels)
+            res.extras = {"x_cw": cw.x_adv}
+            res.bp += cw.bp
+            res.bp_executed += cw.bp_executed
+            res.rows_computed += cw.rows_computed
+        return res
+
+
 def _check_omega(name, value, epochs):
     check_number(name, value, minimum=0)
     return float(value)
@@ -356,6 +393,12 @@ METHODS: Dict[str, Method] = {
     # with PGD-10, ε = 0.031, α = ε/4; the paper's CIFAR-10 recipe here uses the FAT settings.
     "dat": Method("dat", FOSCAttack(), DatCE(), dict(_PAPER, model="wrn-32-10", epochs=120,
                                                     alpha=0.031 / 4, lr_schedule="fat")),
+    # GAIR-RST (GAIR_RST/robust_self_training_GAIR.py): GAIR-TRADES, λ = 0 from half the epochs;
+    # with extra_data= (official: 500k pseudo-labelled Tiny Images, half of every batch). Its
+    # recipe: WRN-28-10, 200 epochs, batch 256, lr 0.1 cosine (Nesterov), weight decay 5e-4.
+    "gair-rst": Method("gair-rst", GairRSTAttack(), GairTrades(default_lam=0.0), dict(
+        _PAPER, model="wrn-28-10", epochs=200, batch_size=256, weight_decay=5e-4,
+        lr_schedule="cosine")),
     # CAT: the curriculum k = 0 … steps (the official maximum: 7 on CIFAR-10, 40 on MNIST).
     "cat": Method("cat", CurriculumAttack(), CE()),
     # The official GAIR-FAT script: ω = 0.

@@ -214,3 +214,39 @@ class Mart(Trades):
     """MART: ``BCE(f(x_adv), y) + β·mean(KL·(1 − p_y(x)))`` (:func:`mart_loss`); β default 6."""
     name = "mart"
     loss_fn = staticmethod(mart_loss)
+
+
+class GairTrades(Trades):
+    """GAIR-RST's GAIR-TRADES (zjfheart/Geometry-aware-Instance-reweighted-Adversarial-Training,
+    GAIR_RST/losses.py): ``CE(f(x), y) + β/N·Σ_i [w_i·KL(f(x) ‖ f(x_kl,i)) + (1 − w_i)·KL(f(x) ‖
+    f(x_cw,i))]`` with ``w = (tanh(λ + K/2 − κ) + 1)/2`` (κ from the KL attack; not normalised,
+    no 5/h scale, unlike GAIRAT's weights) and x_cw a second, C&W-loss PGD-K attack. Before epoch
+    ``gair_start`` (default: half the epochs; the official λ = 100 there) it is plain TRADES and the
+    second attack does not run. The branches run in the official order: x_kl, x_cw, x."""
+    name = "gair-trades"
+
+    def __init__(self, default_lam: float = 0.0):
+        self.default_lam = float(default_lam)
+        self.options = Trades.options + (
+            Option("lam", "GAIR reweighting (its λ)", self.default_lam, _check_lam),
+            Option("gair_start", "GAIR reweighting (its first epoch)",
+                   lambda epochs: epochs // 2 if epochs else None, _check_gair_start))
+
+    epoch_values = GairCE.epoch_values
+
+    def __call__(self, model, x, y, res, plan):
+        lam = plan.values.get("lam")
+        if lam is None:
+            return super().__call__(model, x, y, res, plan)
+        logits_adv = model(res.x_adv).float()
+        logits_cw = model(res.extras["x_cw"]).float()
+        logits_nat = model(x).float()
+        p_nat = F.softmax(logits_nat, dim=1)
+        kl = lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_nat,  # noqa: E731
+                                     reduction="none").sum(dim=1)
+        w = (torch.tanh(lam + plan.steps / 2 - res.kappa.to(logits_adv.dtype)) + 1) / 2
+        robust = (kl(logits_adv) * w + kl(logits_cw) * (1 - w)).sum() / x.shape[0]
+        return F.cross_entropy(logits_nat, y) + plan.settings["beta"] * robust, logits_adv
+
+    def __repr__(self) -> str:
+        return f"GairTrades(default_lam={self.default_lam:g})"
