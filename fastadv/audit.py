@@ -58,7 +58,11 @@ class LabelAudit:
             raise ValueError(f"flipped must have shape {tuple(self.kappa.shape)}, got "
                              f"{tuple(flipped.shape)}")
         n_flipped = int(flipped.sum())
-        fraction = n_flipped / len(flipped) if fraction is None else fraction
+        if fraction is None:
+            if n_flipped == 0:
+                raise ValueError("flipped: no example is marked; give fraction= to score the "
+                                 "suspects anyway")
+            fraction = n_flipped / len(flipped)
         picked = self.suspects(fraction)
         hits = int(flipped[picked].sum())
         return {"fraction": fraction, "picked": len(picked), "hits": hits,
@@ -116,11 +120,9 @@ def kappa_audit(model: nn.Module, data, eps: float, alpha: Optional[float] = Non
     """κ of every example of ``data`` (an ImageDataset, a tuple (x, y) or an iterable of batches,
     in dataset order; uint8 images are scaled to [0, 1]) under GA-PGD-``steps`` (ε, α = ε/4 by
     default, uniform start, CE on the given label): the number of checks k = 0 … K−1 at which
-    the model predicts the given label. ``seed``: of the random starts (None: the global RNG)."""
-    from .attacks import GAPGD
-    from .evaluation import _batches, _num_batches
+    the model predicts the given label. ``seed``: of the random starts, drawn from a forked RNG
+    (None: the global RNG, advanced)."""
     from .training.checks import check_attack_budget, check_number
-    from .training.logging import progress_bar, use_progress
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     alpha = eps / 4 if alpha is None else alpha
@@ -129,8 +131,19 @@ def kappa_audit(model: nn.Module, data, eps: float, alpha: Optional[float] = Non
     check_number("max_samples", max_samples, minimum=1, integer=True, allow_none=True)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if seed is not None:
-        torch.manual_seed(seed)
+    if seed is None:
+        return _kappa_audit(model, data, eps, alpha, steps, batch_size, device, max_samples,
+                            progress)
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(seed)  # the caller's RNG streams are left as they were
+        return _kappa_audit(model, data, eps, alpha, steps, batch_size, device, max_samples,
+                            progress)
+
+
+def _kappa_audit(model, data, eps, alpha, steps, batch_size, device, max_samples, progress):
+    from .attacks import GAPGD
+    from .evaluation import _batches, _num_batches
+    from .training.logging import progress_bar, use_progress
     was_training = model.training
     model.eval()
     attack = GAPGD(model, eps=eps, alpha=alpha, steps=steps, random_start="uniform")

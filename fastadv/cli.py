@@ -119,14 +119,16 @@ def _parser() -> argparse.ArgumentParser:
     a("--omega", type=_number, default=None,
       help="FAT's exploration noise: omega·N(0, I) added to the start (fat* methods; default 0)")
     a("--beta", type=_number, default=None,
-      help="TRADES/MART trade-off weight (trades, fat-trades, mart, fat-mart; default 6)")
+      help="TRADES/MART trade-off weight (trades, fat-trades, mart, fat-mart, noilin-trades, "
+           "gair-rst; default 6)")
     a("--lam", type=_number, default=None,
-      help="GAIR weight steepness lambda (gairat: default -1; gair-fat: default 0; inf: no "
-           "reweighting)")
+      help="GAIR weight steepness lambda (gairat: default -1; gair-fat, gair-rst: default 0; "
+           "inf: no reweighting; gair-rst reweights only for lambda <= 10, as its official code)")
     a("--weight-func", default=None, choices=list(WEIGHT_FUNCS),
       help="GAIR weight function of kappa (gairat, gair-fat; default tanh)")
     a("--gair-start", type=int, default=None,
-      help="first reweighted epoch, 0-based (gairat, gair-fat; default: half the epochs)")
+      help="first reweighted epoch, 0-based (gairat, gair-fat, gair-rst; default: half the "
+           "epochs)")
     a("--noise-type", default=None, choices=["symmetric", "pairflip"],
       help="NoiLIn's injected label noise: another class uniformly, or the next class "
            "(noilin-at, noilin-trades; default symmetric)")
@@ -281,7 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("run", help="a run folder (its last.pt) or a checkpoint file")
     au.add_argument("--split", default="train", help="the split to audit (default: train)")
     au.add_argument("--max-samples", type=_optional_int, default=None,
-                    help="audit the first N examples (default: those the run trained on)")
+                    help="audit the first N examples (default: the run's train_samples, with "
+                         "NoiLIn's and CAT's held-out validation images among them)")
     au.add_argument("--eps", type=_number, default=None, help="attack radius (default: the run's)")
     au.add_argument("--alpha", type=_number, default=None, help="step (default: the run's)")
     au.add_argument("--steps", type=int, default=None, help="PGD steps K (default: the run's)")

@@ -38,6 +38,9 @@ def test_kappa_counts_the_checks_that_keep_the_given_label():
     pr = audit.precision_recall(torch.tensor([False, True, False, False]))
     assert (pr["precision"], pr["recall"], pr["base_rate"]) == (1.0, 1.0, 0.25)
     assert audit.histogram() == [1, 0, 0, 0, 0, 3]
+    with pytest.raises(ValueError, match="flipped: no example is marked"):
+        audit.precision_recall(torch.zeros(4, dtype=torch.bool))
+    assert audit.precision_recall(torch.zeros(4, dtype=torch.bool), fraction=0.25)["hits"] == 0
 
 
 def test_ties_in_kappa_are_broken_by_the_margin():

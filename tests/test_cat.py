@@ -107,8 +107,10 @@ def test_rollback_restores_the_best_model_and_optimizer():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tr.train_step(torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)))
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    opt.param_groups[0]["lr"] = 0.01  # a schedule moved on since the snapshot
     tr.restore(snap)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert opt.param_groups[0]["lr"] == 0.01  # the rollback keeps today's lr
     mom = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
     assert all(torch.equal(m, snap["optimizer"]["state"][i]["momentum_buffer"])
                for i, m in enumerate(mom))

@@ -105,4 +105,4 @@ def test_dat_trains_end_to_end(weights):
     assert [row["fosc_threshold"] for row in rows] == pytest.approx(
         [FOSCAttack().threshold_at(e, 3) for e in range(3)])
     assert all(1.0 <= row["bp_avg"] <= 4.0 for row in rows)  # the first step always moves
-    assert r.config.loss_weights is weights and METHODS["dat"].attack.stops_early is False
+    assert r.config.loss_weights is weights and "tau" not in METHODS["dat"].options

@@ -55,6 +55,14 @@ def test_the_second_attack_runs_from_gair_start_on():
     assert tr.current_lam == 0.0 and s["bp"] == 8 * 3 * 2  # + the C&W attack
     with pytest.raises(ValueError, match="weight_func: method 'gair-rst' has no"):
         fastadv.training.config.resolve_config("gair-rst", weight_func="tanh")
+    # λ > 10 is the official "off" (plain TRADES, no C&W attack); lam_at knows it.
+    model = _model()
+    off = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), "gair-rst", eps=0.2,
+                  alpha=0.05, steps=3, epochs=4, lam=100.0)
+    off.set_epoch(3)
+    assert off.current_lam is None and off.train_step(x, y)["bp"] == 8 * 3
+    from fastadv.training.methods import lam_at
+    assert (lam_at("gair-rst", 0.0, 3, 2), lam_at("gair-rst", 100.0, 3, 2)) == (0.0, None)
 
 
 def _digits_extra(tmp_path, fmt):
@@ -123,6 +131,12 @@ def test_gair_rst_resumes_exactly_with_extra_data(tmp_path):
     with pytest.raises(ValueError, match="extra_data: the run in .* trained with extra data"):
         fastadv.train(epochs=3, out_dir=str(tmp_path / "part"), resume=True, verbose=False,
                       progress=False)
+    other = tmp_path / "other.npz"
+    ds = load_dataset("digits", split="train")
+    np.savez(other, images=ds.images[1300:1500].numpy(), labels=ds.labels[1300:1500].numpy())
+    with pytest.raises(ValueError, match="extra_data: .*other.npz is not the extra data the run"):
+        fastadv.train(epochs=3, out_dir=str(tmp_path / "part"), resume=True,
+                      extra_data=str(other), verbose=False, progress=False)
     resumed = fastadv.train(epochs=3, out_dir=str(tmp_path / "part"), resume=True,
                             extra_data=str(path), verbose=False, progress=False)
     strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING} for r in h]  # noqa: E731

@@ -66,6 +66,9 @@ class CurriculumPGD(Attack):
         lo = torch.searchsorted(budget_cpu, torch.arange(self.k), right=True).tolist()
         x = x_nat.clone()
         x[lo[0]:] = self._start(x_nat[lo[0]:], eps[lo[0]:])  # the clean chunk keeps x_nat
+        if lo[0]:  # the first check sees the stepping rows only: range-check every label there
+            self._check_labels = y if self._check_labels is None else torch.cat(
+                [y, self._check_labels])
         kappa = torch.zeros(n, dtype=torch.int64, device=dev)
         rows_computed = 0
         for s in range(self.k):

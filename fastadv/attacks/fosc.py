@@ -17,7 +17,8 @@ _INDEX, _LABEL, _CHECK_LABEL, _KAPPA, _UPDATES = range(5)
 
 class FOSCPGD(Attack):
     """PGD-K with DAT's per-row stop: at each iterate xᵏ (k ≥ 1) with gradient g,
-    ``c(xᵏ) = ε·‖g‖₁ − ⟨xᵏ − x⁰, g⟩`` (x⁰: the random start, as the official code); a row whose
+    ``c(xᵏ) = ε·‖g‖₁ − ⟨xᵏ − x⁰, g⟩`` (x⁰: the random start, as the official code, here clipped
+    to [clip_min, clip_max] as every start of SPEC §2; the official one is not); a row whose
     ``c ≤ threshold`` stops there for good (output xᵏ, k updates), the others step. The first step
     always moves. c is computed inside the fused step kernel (``ops.linf_fosc_step_``: one more
     per-row reduction in the step's pass); stopped rows are compacted away, so later checks

@@ -74,12 +74,15 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
 
 
 def train(method=None, tau=None, **options) -> TrainResult:
-    """Train with ``method`` (standard, at, fat, trades, fat-trades, mart, fat-mart, gairat,
-    gair-fat, or a :class:`~fastadv.training.methods.Method` of your own). Options: see :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir,
-    model, preset, epochs, batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps,
-    omega, random_start, beta, lam, weight_func, gair_start, augment, train_samples, eval_samples,
-    eval_every, seed, device, amp, channels_last, compile, sync_bn, out_dir, resume, overwrite,
-    threads, verify_data, progress, verbose). Under ``torchrun`` (``WORLD_SIZE > 1``) the run is
+    """Train with ``method`` (a name of :data:`~fastadv.training.methods.METHODS`: standard, at,
+    fat, trades, fat-trades, mart, fat-mart, gairat, gair-fat, dat, cat, gair-rst, noilin-at,
+    noilin-trades; or a :class:`~fastadv.training.methods.Method` of your own). Options: see
+    :class:`~fastadv.training.config.TrainConfig` (dataset, data_dir, model, preset, epochs,
+    batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps, the methods' own tau,
+    omega, beta, lam, weight_func, gair_start, noise_type, noise_min, noise_max, loss_weights,
+    random_start, extra_data, extra_fraction, augment, train_samples, eval_samples, eval_every,
+    eval_alpha, train_nat_acc, seed, device, amp, channels_last, compile, sync_bn, out_dir,
+    resume, overwrite, threads, verify_data, progress, verbose). Under ``torchrun`` (``WORLD_SIZE > 1``) the run is
     distributed (see the module doc).
 
     ``out_dir=None`` uses ``runs/<dataset>-<method>[-tau<τ>]-s<seed>``; pass ``out_dir=False`` to
@@ -216,7 +219,7 @@ def _train(cfg: TrainConfig, explicit, write: bool, device: torch.device) -> Tra
 def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str, Any]],
          device: torch.device) -> TrainResult:
     from ..data import BatchLoader, load_dataset
-    from ..data.extra import MixedBatchLoader, extra_batch_size
+    from ..data.extra import MixedBatchLoader, extra_batch_size, fingerprint
     distributed = dist_utils.is_distributed()
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     main = rank == 0
@@ -261,6 +264,9 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     if extra_ds is None:
         loader = loader_type(train_ds, batch_size=batch, seed=cfg.seed, **common)
     else:  # robust self-training: every batch = labelled rows + a share of the extra data
+        if batch < 2:
+            fail("batch_size", f"{cfg.batch_size} over {world} processes leaves {batch} row per "
+                               f"process, too few to mix in extra data (2 at least)")
         b = extra_batch_size(batch, cfg.extra_fraction)
         loader = MixedBatchLoader(
             loader_type(train_ds, batch_size=batch - b, seed=cfg.seed, **common),
@@ -272,7 +278,12 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     meta = {"model": cfg.model, "num_classes": train_ds.num_classes,
             "in_channels": train_ds.shape[0], "input_shape": list(train_ds.shape),
             "dataset": cfg.dataset, "eps": cfg.eps, "eval_alpha": cfg.eval_alpha,
-            "method": cfg.method}
+            "method": cfg.method,
+            "extra_data": fingerprint(extra_ds) if extra_ds is not None else None}
+    if state is not None and (state.get("meta") or {}).get("extra_data") != meta["extra_data"]:
+        fail("extra_data", f"{cfg.extra_data or 'none'} is not the extra data the run in "
+                           f"{cfg.out_dir} trained with ({(state.get('meta') or {}).get('extra_data')}"
+                           f"); a resume continues with the same data")
     trainer = Trainer(model, optimizer, cfg.method_object, eps=cfg.eps, alpha=cfg.alpha,
                       steps=cfg.steps, tau=cfg.tau, omega=cfg.omega, beta=cfg.beta, lam=cfg.lam,
                       weight_func=cfg.weight_func, gair_start=cfg.gair_start,

@@ -197,9 +197,6 @@ def resolve_config(method: Union[str, Method] = "fat", **options) -> TrainConfig
     # The method's own options (τ, ω, β, λ, ...): defaults and checks live with the method.
     for name, value in m.resolve({k: getattr(cfg, k) for k in METHOD_OPTIONS}, cfg.epochs).items():
         setattr(cfg, name, value)
-    for name in METHOD_OPTIONS:
-        if name not in m.options:
-            setattr(cfg, name, None)  # e.g. the fat preset's omega on a method without it
     check_number("batch_size", cfg.batch_size, minimum=1, integer=True)
     if cfg.extra_data is not None:
         if not isinstance(cfg.extra_data, (str, os.PathLike)) or not str(cfg.extra_data):

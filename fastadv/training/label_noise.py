@@ -21,7 +21,7 @@ the *training* set (the official CIFAR script takes 2 % of the test set).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -86,13 +86,14 @@ class LabelNoise:
                 epochs: Optional[int]) -> float:
         """The rate of (0-based) ``epoch``, from the validation robust accuracies of the epochs
         before it (``val_accs[i]`` of epoch i; the official ring of ``window`` zeros)."""
+        self.check(settings)
         lo, hi = settings["noise_min"], settings["noise_max"]
-        if lo > hi:
-            fail("noise_min", f"{lo:g} is above noise_max={hi:g}")
+        if epochs is None:
+            fail("epochs", "NoiLIn's rate is capped at noise_max / 2 until 3/4 of the run: pass "
+                           "epochs= (to the Trainer or to fit)")
         rate = lo
         ring = [0.0] * self.window
-        cap_end = None if epochs is None else round(
-            self.half_cap_until[0] * epochs / self.half_cap_until[1])
+        cap_end = round(self.half_cap_until[0] * epochs / self.half_cap_until[1])
         for i, acc in enumerate(val_accs[:epoch]):
             if acc is None:
                 fail("val_data", f"epoch {i + 1} has no validation robust accuracy; NoiLIn's rate "
@@ -100,9 +101,15 @@ class LabelNoise:
             before, ring[i % self.window] = ring[i % self.window], float(acc)
             if before > acc:
                 rate = min(rate * (1 + self.growth), hi)
-            if cap_end is not None and i <= cap_end:
+            if i <= cap_end:
                 rate = min(hi / 2, rate)
         return rate
+
+    def check(self, settings: Mapping[str, Any]) -> None:
+        """The options together: noise_min <= noise_max."""
+        if settings["noise_min"] > settings["noise_max"]:
+            fail("noise_min", f"{settings['noise_min']:g} is above noise_max="
+                              f"{settings['noise_max']:g}")
 
     def epoch_values(self, settings, epoch, epochs, history: Sequence[Mapping] = ()):
         accs = [row.get("val_robust_acc") for row in history]

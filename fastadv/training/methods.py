@@ -36,9 +36,10 @@ class AttackRecipe:
     """The attack a method runs on each training batch. ``loss``: the attack loss (``ce``,
     ``kl`` for TRADES' attack, ``cw``); ``random_start``: its start (``uniform``, ``normal``:
     x + 0.001·N(0, I) as in the TRADES/MART code, or ``None``). ``build(model, eps=, alpha=,
-    steps=, random_start=, plan=)`` returns the :class:`~fastadv.attacks.Attack` of one epoch."""
+    steps=, random_start=, plan=)`` returns the attack of one epoch: an object whose
+    ``run(x, y, check_labels=None)`` gives an :class:`~fastadv.attacks.AttackResult` (an
+    :class:`~fastadv.attacks.Attack`, or a pair of them as GAIR-RST's)."""
     options: Tuple[Option, ...] = ()
-    stops_early = False  # True: rows leave the attack early (FAT's τ)
     needs_validation = False  # True: its schedule follows the held-out accuracy (CAT)
 
     def __init__(self, loss: str = "ce", random_start: Optional[str] = "uniform"):
@@ -105,7 +106,6 @@ class EarlyStopAttack(AttackRecipe):
     and its budget τ is spent. Options ``tau`` (default 1; ``"dynamic"``: the official schedule
     ``dynamic_tau`` scaled to the run) and ``omega`` (the ω·N(0, I) exploration noise, default 0).
     """
-    stops_early = True
 
     def __init__(self, loss: str = "ce", random_start: Optional[str] = "uniform",
                  dynamic_tau: Optional[DynamicTau] = None):
@@ -180,7 +180,7 @@ class CurriculumAttack(AttackRecipe):
             "cat", {"best_epoch": None, "best_acc": None, "best": None})
         row["cat_k"], row["rolled_back_to"], nxt = k, None, k
         if k >= trainer.steps:
-            pass  # the curriculum has reached PGD-K: plain training on from here
+            state["best"] = None  # the curriculum has reached PGD-K: no more rollbacks
         elif state["best_acc"] is None or acc > state["best_acc"]:
             state.update(best_epoch=e, best_acc=acc, best=trainer.snapshot())
         elif e - state["best_epoch"] >= self.window and (row["train_adv_acc"] or 0) > self.train_acc:
@@ -325,7 +325,10 @@ class Method:
             if given.get(name) is not None and name not in mine:
                 fail(name, f"method {self.name!r} has no {OPTION_WHAT[name]}; {name} applies to "
                            f"{', '.join(m for m, s in METHODS.items() if name in s.options)}")
-        return {name: opt.resolve(given.get(name), epochs) for name, opt in mine.items()}
+        settings = {name: opt.resolve(given.get(name), epochs) for name, opt in mine.items()}
+        if self.label_noise is not None:
+            self.label_noise.check(settings)
+        return settings
 
     def plan(self, settings: Mapping[str, Any], epoch: int, epochs: Optional[int],
              steps: int, history: Sequence[Mapping[str, Any]] = ()) -> EpochPlan:
@@ -429,9 +432,9 @@ def tau_at(method, tau, epoch: int, epochs: int) -> Optional[int]:
     FAT-TRADES 0…3 after 30/50/70 of 85; FAT-MART 0…4 after 20/40/60/80 of 90; GAIR-FAT 0/3/6
     after 40/70 of 120). ``None`` for methods without τ."""
     m = get_method(method)
-    if tau is None or m.attack is None or not m.attack.stops_early:
+    if tau is None or "tau" not in m.options:
         return None
-    return m.attack.epoch_values({"tau": m.attack._check_tau("tau", tau, epochs)}, epoch,
+    return m.attack.epoch_values({"tau": m.options["tau"].check("tau", tau, epochs)}, epoch,
                                  epochs)["tau"]
 
 
@@ -439,6 +442,6 @@ def lam_at(method, lam, epoch: int, gair_start: Optional[int]) -> Optional[float
     """GAIR's λ in (0-based) ``epoch``: ``None`` before ``gair_start`` (plain CE: GAIRAT's
     burn-in) and for methods that do not reweight, else ``lam``."""
     m = get_method(method)
-    if lam is None or not isinstance(m.objective, GairCE):
+    if lam is None or "lam" not in m.options:
         return None
     return m.objective.epoch_values({"lam": lam, "gair_start": gair_start}, epoch, None)["lam"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import Option, check_number, fail
+from .checks import Option, check_bool, check_number, fail
 
 
 def ce_loss(logits_adv: Tensor, y: Tensor, weights: Optional[Tensor] = None) -> Tensor:
@@ -119,6 +119,13 @@ def _check_gair_start(name, value, epochs):
     return value
 
 
+def _gair_options(default_lam: float) -> Tuple[Option, Option]:
+    """GAIR's λ and first reweighted epoch (default: half the epochs), shared by its objectives."""
+    return (Option("lam", "GAIR reweighting (its λ)", default_lam, _check_lam),
+            Option("gair_start", "GAIR reweighting (its first epoch)",
+                   lambda epochs: epochs // 2 if epochs else None, _check_gair_start))
+
+
 class GairCE(CE):
     """GAIRAT's geometry-aware instance-reweighted CE: ``mean(w(κ)·CE)`` with the weights of
     :func:`fastadv.losses.gair_weights` (λ, weight function; K the attack's steps), from epoch
@@ -129,12 +136,9 @@ class GairCE(CE):
 
     def __init__(self, default_lam: float = -1.0):
         self.default_lam = float(default_lam)
-        self.options = (
-            Option("lam", "GAIR reweighting (its λ)", self.default_lam, _check_lam),
-            Option("weight_func", "GAIR reweighting (its weight function)", "tanh",
-                   _check_weight_func),
-            Option("gair_start", "GAIR reweighting (its first epoch)",
-                   lambda epochs: epochs // 2 if epochs else None, _check_gair_start))
+        lam, start = _gair_options(self.default_lam)
+        self.options = (lam, Option("weight_func", "GAIR reweighting (its weight function)",
+                                    "tanh", _check_weight_func), start)
 
     def epoch_values(self, settings, epoch, epochs):
         start, lam = settings.get("gair_start"), settings.get("lam")
@@ -157,8 +161,7 @@ class GairCE(CE):
 
 
 def _check_flag(name, value, epochs):
-    if not isinstance(value, bool):
-        fail(name, f"must be True or False, got {value!r}", TypeError)
+    check_bool(name, value)
     return value
 
 
@@ -227,12 +230,12 @@ class GairTrades(Trades):
 
     def __init__(self, default_lam: float = 0.0):
         self.default_lam = float(default_lam)
-        self.options = Trades.options + (
-            Option("lam", "GAIR reweighting (its λ)", self.default_lam, _check_lam),
-            Option("gair_start", "GAIR reweighting (its first epoch)",
-                   lambda epochs: epochs // 2 if epochs else None, _check_gair_start))
+        self.options = Trades.options + _gair_options(self.default_lam)
 
-    epoch_values = GairCE.epoch_values
+    def epoch_values(self, settings, epoch, epochs):
+        lam = GairCE.epoch_values(self, settings, epoch, epochs)["lam"]
+        # The official code reweights (and runs the C&W attack) only for λ <= 10.
+        return {"lam": lam if lam is not None and lam <= 10 else None}
 
     def __call__(self, model, x, y, res, plan):
         lam = plan.values.get("lam")

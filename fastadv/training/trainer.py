@@ -41,7 +41,6 @@ from .checks import check_attack_budget, check_bool, check_number, fail
 from . import distributed as dist_utils
 from .logging import RunLogger, progress_bar, use_progress
 from .methods import METHOD_OPTIONS, Method, get_method
-from .objectives import EpochPlan
 from ..data.loader import unpack_batch
 from .run_folder import RunFolder
 
@@ -437,12 +436,13 @@ class Trainer:
             self.local_stats["eval"] = r["local"]
         return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
 
-    def validate(self, data, batch_size: int = 256, steps: Optional[int] = None,
+    def validate(self, data, batch_size: Optional[int] = None, steps: Optional[int] = None,
                  alpha: Optional[float] = None) -> float:
         """Robust accuracy (percent) on ``data`` under PGD-``steps`` with step ``alpha`` (CE,
         uniform start, this trainer's ε; 0 steps: natural accuracy). Default: the method's
         validation attack (the training K and α; CAT: PGD-k, α = 2ε/k)."""
         from ..evaluation import evaluate
+        batch_size = batch_size or getattr(self, "eval_batch_size", 256)
         if steps is None:
             if self.plan is None:
                 self._plan_epoch()
@@ -457,17 +457,22 @@ class Trainer:
         return r["accuracy"][name]
 
     def snapshot(self) -> Dict[str, Any]:
-        """Copies of the model's and the optimizer's states (on the CPU), for :meth:`restore`."""
+        """Copies of the model's and the optimizer's states, made on the CPU, for :meth:`restore`."""
         import copy
         cpu = lambda t: t.detach().to("cpu", copy=True) if isinstance(t, Tensor) else t  # noqa: E731
-        opt = copy.deepcopy(self.optimizer.state_dict())
-        opt["state"] = {k: {n: cpu(v) for n, v in st.items()} for k, st in opt["state"].items()}
+        opt = self.optimizer.state_dict()  # references: copied tensor by tensor, to the CPU
+        opt = {"state": {k: {n: cpu(v) for n, v in st.items()} for k, st in opt["state"].items()},
+               "param_groups": copy.deepcopy(opt["param_groups"])}
         return {"model": {k: cpu(v) for k, v in self.model.state_dict().items()}, "optimizer": opt}
 
     def restore(self, snapshot: Dict[str, Any]) -> None:
-        """Put back the states of a :meth:`snapshot` (CAT's rollback)."""
+        """Put back the weights and the optimizer's state (momentum) of a :meth:`snapshot` (CAT's
+        rollback); the learning rates stay today's (a schedule has moved on since)."""
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.model.load_state_dict(snapshot["model"])
         self.optimizer.load_state_dict(snapshot["optimizer"])
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
 
     # ------------------------------------------------------------------ the whole run
     def fit(self, train_loader: Iterable, test_data=None, epochs: Optional[int] = None, *,
@@ -482,9 +487,10 @@ class Trainer:
         ``best.pt`` whenever PGD-20 accuracy improves (atomically), plus the CSV/JSON history; the
         folder is locked while ``fit`` runs, and one that holds another run is refused when this
         trainer starts from scratch (continue it with :meth:`load_checkpoint` first, or pass
-        ``overwrite=True``). ``val_data``: data held out from training whose PGD-K robust
-        accuracy (the training ε, α and K) is measured after every epoch (``val_robust_acc``);
-        NoiLIn's noise rate follows it. Returns the history (one dict per epoch)."""
+        ``overwrite=True``). ``val_data``: data held out from training whose robust accuracy is
+        measured after every epoch (``val_robust_acc``, :meth:`validate`: PGD-K with the
+        training ε and α; CAT: PGD-k with α = 2ε/k); NoiLIn's rate and CAT's curriculum follow
+        it. Returns the history (one dict per epoch)."""
         epochs = self.epochs if epochs is None else epochs
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -541,8 +547,9 @@ class Trainer:
                    val_data=None) -> None:
         main = self.rank == 0
         row = self.train_epoch(train_loader, epoch)
+        self.eval_batch_size = eval_batch_size  # for the method's own validations (CAT)
         if val_data is not None:
-            row["val_robust_acc"] = self.validate(val_data, batch_size=eval_batch_size)
+            row["val_robust_acc"] = self.validate(val_data)
         if self.method_object.attack is not None:  # CAT: rollback and the next k
             self.method_object.attack.after_epoch(self, row, val_data)
         if test_data is not None and eval_every and ((epoch + 1) % eval_every == 0
