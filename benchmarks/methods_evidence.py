@@ -97,6 +97,8 @@ def main(argv=None) -> int:
         if row["method"].split()[0] in ("at", "fat", "dat", "cat", "gair-fat"):
             ax.plot([x["epoch"] for x in row["history"]], [x["bp_avg"] for x in row["history"]],
                     marker="o", label=row["method"])
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel("BP: PGD updates per training image")
     ax.set_title(f"{args.dataset}, {args.train} images, ε = {args.eps:g}, K = 10")

@@ -53,7 +53,10 @@ def test_errors_are_one_clear_line(argv, name, capsys):
 def test_unknown_method_is_one_line_naming_the_option(capsys):
     assert main(["train", "--method", "pgd-at"]) == 2
     err = capsys.readouterr().err
-    assert "--method: unknown method 'pgd-at'" in err and "did you mean" not in err
+    # The papers' name for PGD AT is suggested, not the spelling neighbour 'dat'.
+    assert "--method: unknown method 'pgd-at' (did you mean 'at'?)" in err
+    assert main(["train", "--method", "xyzzy"]) == 2
+    assert "did you mean" not in capsys.readouterr().err
 
 
 def test_numbers_accept_fractions():

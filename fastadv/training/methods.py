@@ -352,8 +352,10 @@ def get_method(method) -> Method:
     if isinstance(method, str) and method.lower() in METHODS:
         return METHODS[method.lower()]
     from .checks import did_you_mean
-    fail("method", f"unknown method {method!r}{did_you_mean(method, METHODS)}; available: "
-                   f"{', '.join(METHODS)} (or a fastadv.training.methods.Method)")
+    alias = METHOD_ALIASES.get(str(method).lower().replace("_", "-"))
+    hint = f" (did you mean {alias!r}?)" if alias else did_you_mean(method, METHODS)
+    fail("method", f"unknown method {method!r}{hint}; available: {', '.join(METHODS)} (or a "
+                   f"fastadv.training.methods.Method)")
 
 # ----------------------------------------------------------------------------- the built-ins
 
@@ -418,6 +420,12 @@ METHODS: Dict[str, Method] = {
         _PAPER, model="resnet18", epochs=120, weight_decay=5e-4, lr_schedule="piecewise",
         eps=8 / 255, alpha=2 / 255), label_noise=LabelNoise(max_rate=0.4)),
 }
+
+# Names the papers and other libraries use, for the suggestion of an unknown name (spelling
+# similarity alone would offer 'dat' for 'pgd-at').
+METHOD_ALIASES = {"pgd-at": "at", "pgdat": "at", "pgd": "at", "madry": "at", "pgd-10": "at",
+                  "gair-at": "gairat", "gair-trades": "gair-rst", "dynamic": "dat",
+                  "curriculum": "cat", "noilin": "noilin-at", "natural": "standard"}
 
 # The method-specific options (fields of TrainConfig and keywords of Trainer), and what each is.
 OPTION_WHAT: Dict[str, str] = {}
