@@ -1,11 +1,14 @@
 """Training methods as small objects: an attack recipe, an objective, their options and schedules.
 
 A :class:`Method` is a name, an :class:`AttackRecipe` (the attack run on every batch: PGD-K,
-FAT's early-stopped PGD-K-τ, GAIRAT's GA-PGD; ``None`` for standard training) and an
+FAT's early-stopped PGD-K-τ, GAIRAT's GA-PGD, DAT's FOSC-stopped PGD, CAT's curriculum, GAIR-RST's
+KL and C&W pair; ``None`` for standard training), an
 :class:`~fastadv.training.objectives.Objective` (the loss trained on its result: CE, GAIR-CE,
-TRADES, MART). Each part declares the options it takes (τ and ω for the early-stop attack, β for
-TRADES and MART, λ, weight function and first epoch for GAIR) with their defaults, and the
-per-epoch schedules (FAT's dynamic τ, GAIR's start). :meth:`Method.resolve` fills in and checks
+TRADES, MART, DAT's CE, GAIR-TRADES) and optionally NoiLIn's
+:class:`~fastadv.training.label_noise.LabelNoise`. Each part declares the options it takes (τ and
+ω for the early-stop attack, β for TRADES and MART, λ, weight function and first epoch for GAIR,
+the noise rates for NoiLIn) with their defaults, and its per-epoch schedules (FAT's dynamic τ,
+GAIR's start, DAT's threshold, CAT's k, NoiLIn's rate). :meth:`Method.resolve` fills in and checks
 those options, for :func:`fastadv.train` and :class:`~fastadv.training.Trainer` alike, and refuses
 one the method does not take.
 
