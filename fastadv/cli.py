@@ -227,8 +227,25 @@ def _parser() -> argparse.ArgumentParser:
     a("--verbose", action=argparse.BooleanOptionalAction, default=None,
       help="print the per-epoch table (default: yes)")
 
+    # What eval and audit-labels share: the data a checkpoint is attacked on, and where.
+    on_data = argparse.ArgumentParser(add_help=False)
+    d = on_data.add_argument
+    d("--dataset", type=str.lower, default=None,
+      help="default: the checkpoint's dataset (another one must have the same image shape)")
+    d("--data-dir", default=None,
+      help="default: $FASTADV_DATA or ~/.cache/fastadv (never a path from the checkpoint)")
+    d("--download", action=argparse.BooleanOptionalAction, default=True,
+      help="fetch a missing dataset from its official URL (default: yes)")
+    d("--verify-data", action=argparse.BooleanOptionalAction, default=True,
+      help="check pickled CIFAR files against the official md5 (default: yes)")
+    d("--batch-size", type=int, default=256, help="batch size (default 256)")
+    d("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    d("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
+    d("--progress", action=argparse.BooleanOptionalAction, default=None,
+      help="a progress bar over the batches (default: when stdout is a terminal)")
+
     e = sub.add_parser("eval", help="evaluate a checkpoint (natural, FGSM, PGD-20, C&W∞, ...)",
-                       parents=[common],
+                       parents=[common, on_data],
                        description="Robust accuracy of a checkpoint written by fastadv train, on "
                                    "its dataset's test split (the papers' protocol).")
     e.add_argument("checkpoint", help="a best.pt or last.pt of a run folder")
@@ -242,24 +259,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--any-iterate", action=argparse.BooleanOptionalAction, default=False,
                    help="count a sample as broken at its first misclassified iterate (stronger, "
                         "cheaper); default: score the final iterate")
-    e.add_argument("--dataset", type=str.lower, default=None,
-                   help="default: the checkpoint's dataset (another one must have the same image "
-                        "shape)")
-    e.add_argument("--data-dir", default=None,
-                   help="default: $FASTADV_DATA or ~/.cache/fastadv (never a path from the checkpoint)")
-    e.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                   help="fetch a missing dataset from its official URL (default: yes)")
-    e.add_argument("--verify-data", action=argparse.BooleanOptionalAction, default=True,
-                   help="check pickled CIFAR files against the official md5 (default: yes)")
     e.add_argument("--split", default="test", help="the split to evaluate (default: test)")
     e.add_argument("--max-samples", type=_optional_int, default=None,
                    help="evaluate the first N images only (default: all)")
-    e.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
     e.add_argument("--out", default=None, help="JSON file (default: eval_<checkpoint>.json beside it)")
-    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a progress bar over the batches (default: when stdout is a terminal)")
 
     pl = sub.add_parser("plot", help="accuracy and BP curves of a run folder to a PNG",
                         parents=[common])
@@ -273,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run folders (the first is the time reference)")
     c.add_argument("--out", default=None, help="the figure (default: compare.png)")
 
-    au = sub.add_parser("audit-labels", parents=[common],
+    au = sub.add_parser("audit-labels", parents=[common, on_data],
                         help="rank the training labels by kappa: the likely mislabelled first",
                         description="kappa of every training example under the trained model: "
                                     "the PGD checks at which it still predicts the given label "
@@ -290,22 +293,8 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--steps", type=int, default=None, help="PGD steps K (default: the run's)")
     au.add_argument("--fraction", type=_number, default=0.1,
                     help="the share listed as suspects in the summary (default 0.1)")
-    au.add_argument("--dataset", type=str.lower, default=None,
-                    help="dataset name (default: the checkpoint's)")
-    au.add_argument("--data-dir", default=None,
-                    help="where the dataset lives (default: $FASTADV_DATA or ~/.cache/fastadv); "
-                         "never taken from the checkpoint")
-    au.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                    help="download the dataset if missing (default: yes)")
-    au.add_argument("--verify-data", action=argparse.BooleanOptionalAction, default=True,
-                    help="check the official checksums of pickled datasets (default: yes)")
-    au.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    au.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    au.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
     au.add_argument("--out-dir", default=None,
                     help="where label_audit.csv/.png go (default: beside the checkpoint)")
-    au.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="a progress bar (default: when stdout is a terminal)")
     return p
 
 
@@ -388,6 +377,9 @@ def cmd_audit_labels(args) -> int:
     from .audit import kappa_audit, summary_lines
     from .training.config import check_device
     check_device(args.device)
+    if not 0 < args.fraction <= 1:  # before the audit's work, not after
+        from .errors import UserError
+        raise UserError(f"--fraction: the share of suspects listed, in (0, 1], got {args.fraction:g}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = args.run
     if os.path.isdir(path):

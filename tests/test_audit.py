@@ -94,3 +94,5 @@ def test_audit_labels_cli_writes_the_ranking_beside_the_run(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fastadv", "audit-labels", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "holds no last.pt" in bad.stderr
+    from fastadv.cli import main
+    assert main(["audit-labels", str(run), "--fraction", "2"]) == 2  # refused before any work
