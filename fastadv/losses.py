@@ -71,3 +71,36 @@ def gair_weights(kappa: Tensor, steps: int, lam: float, func: str = "tanh") -> T
     stable = torch.softmax(log_w, 0) * k.numel()
     total = w.sum()
     return torch.where(total > 0, w * (k.numel() / total), stable)
+
+
+# ---------------------------------------------------------------------------- AutoAttack's losses
+# Per sample (not summed): APGD keeps each row's best loss. Sorting (not argmax) decides which logit
+# is the largest, as the official code does, so ties resolve the same way.
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Croce & Hein's Difference of Logits Ratio, per sample [N]:
+    −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e−12), π the classes by decreasing logit. Invariant to
+    shifting and scaling the logits; needs at least 3 classes."""
+    srt, order = logits.sort(dim=1)
+    y_on_top = (order[:, -1] == y).to(srt.dtype)
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    return -(z_y - srt[:, -2] * y_on_top - srt[:, -1] * (1.0 - y_on_top)) / (srt[:, -1] - srt[:, -3] + 1e-12)
+
+
+def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """The targeted DLR of APGD-T, per sample [N]: −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e−12);
+    needs at least 4 classes."""
+    srt = logits.sort(dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (srt[:, -1] - 0.5 * (srt[:, -3] + srt[:, -4]) + 1e-12)
+
+
+def ce_per_sample(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy per sample [N] (APGD-CE's loss)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def ce_targeted_per_sample(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """−CE(z, t) per sample [N]: maximising it pulls every row towards its target class."""
+    return -F.cross_entropy(logits, target, reduction="none")

@@ -90,6 +90,21 @@ def explain_dtype_errors(model, x: Tensor):
                         f"torch.autocast") from e
 
 
+@contextlib.contextmanager
+def model_eval_mode(model):
+    """``model`` in eval mode for the block; every submodule's own mode is restored afterwards (a
+    frozen BN inside a training model stays frozen)."""
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    modes = [m.training for m in modules]
+    if modules:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
 def outside_box(x: Tensor, lo: float, hi: float) -> Tensor:
     """0-dim bool on x's device: does x have a value outside [lo, hi], or a NaN? (No host read.)"""
     return ~((x >= lo) & (x <= hi)).all()
@@ -220,17 +235,8 @@ class Attack:
 
     @contextlib.contextmanager
     def _attack_mode(self):
-        # Every submodule's own mode is restored (a frozen BN inside a training model stays frozen).
-        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else []
-        modes = [m.training for m in modules]
-        if modules:
-            self.model.eval()
-        try:
-            with torch.enable_grad():
-                yield
-        finally:
-            for m, mode in zip(modules, modes):
-                m.training = mode
+        with model_eval_mode(self.model), torch.enable_grad():
+            yield
 
     def _clean_logits(self, x_nat: Tensor) -> Tensor:
         """TRADES' target distribution: the clean logits, computed once and detached."""

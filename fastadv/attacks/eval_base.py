@@ -1,0 +1,262 @@
+"""What the evaluation attacks share (APGD, APGD-T, FAB, Square, AutoAttack; issue #12).
+
+These attacks decide, per point, whether an adversarial example exists: a point is *broken* when
+an iterate within the ε-ball is misclassified (or, in a targeted mode, classified as its target).
+A broken row leaves the attack at once (``compact=True``): its iterate is written to ``x_adv`` and
+the later iterations run on fewer rows. ``compact=False`` keeps every row in the batch to the end
+(the official code's way) and records the first breaking iterate, so the verdicts are the same.
+
+The torchattacks habits (``atk(x, y)``, ``set_normalization_used``, the targeted modes, inputs moved
+to the model's device) are here; so are the per-point costs: ``forward``/``backward`` count the
+forward and backward passes each point went through (rows of passes, not batches).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops._validation import FLOAT_DTYPES, compute_dtype
+from .base import _check_float, _check_int, _labels, explain_dtype_errors, input_range_message, model_eval_mode
+
+NORMS = ("linf", "l2")
+TARGET_MODES = ("default", "label", "random", "least_likely")
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation attack found, per point and in input order.
+
+    ``x_adv``: the adversarial example of a broken point, else the input; ``robust``: bool, True
+    where the point was classified correctly and no attack broke it; ``forward``/``backward``:
+    int64 counts of the passes spent on each point. AutoAttack adds ``broken_by`` (per point the
+    name of the attack that broke it, ``"clean"`` when it was misclassified unattacked, ``None``
+    when robust), ``accuracy`` (the robust accuracy after each attack, ``"clean"`` first),
+    ``seconds`` (cumulative, per attack) and ``log`` (the lines it printed).
+    """
+    x_adv: Tensor
+    robust: Tensor
+    forward: Tensor
+    backward: Tensor
+    broken_by: Optional[list] = None
+    accuracy: Optional[dict] = None
+    seconds: Optional[dict] = None
+    log: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean()) if self.robust.numel() else float("nan")
+
+
+def check_norm(norm) -> str:
+    """``"linf"`` or ``"l2"``; the official spellings ``"Linf"``/``"L2"`` are accepted."""
+    key = norm.lower() if isinstance(norm, str) else norm
+    if key not in NORMS:
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    return key
+
+
+class EvalAttack:
+    """Base of the evaluation attacks. ``atk(x, y)`` returns ``x_adv``; ``atk.run(x, y)`` an
+    :class:`EvalResult`. ``x`` in [0, 1] (moved to the model's device), ``y`` int labels [N].
+    ``seed`` seeds the attack's own generator at every call (the global RNG is untouched); the
+    random draws come from a CPU generator, as in the official code, so a seed gives the same
+    starting points on every device."""
+
+    def __init__(self, model: Callable[[Tensor], Tensor], norm: str = "linf", eps: float = 8 / 255,
+                 seed: int = 0, compact: bool = True):
+        if not callable(model):
+            raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+        self.model = model
+        self.norm = check_norm(norm)
+        self.eps = _check_float("eps", eps)
+        self.seed = _check_int("seed", seed)
+        if not isinstance(compact, bool):
+            raise TypeError(f"compact must be a bool, got {type(compact).__name__}")
+        self.compact = compact
+        self._mean = self._std = None
+        self.target_mode = "default"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:.4g}, seed={self.seed})"
+
+    # ------------------------------------------------------------------ torchattacks habits
+    def set_normalization_used(self, mean, std) -> "EvalAttack":
+        """The model expects (x − mean)/std: the attack works on [0, 1] images and normalises each
+        input it gives the model. ``mean``/``std``: one value per channel."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.shape != std.shape or mean.numel() == 0:
+            raise ValueError(f"mean and std must have one value per channel, got {tuple(mean.shape)} "
+                             f"and {tuple(std.shape)}")
+        if not bool((std > 0).all()):
+            raise ValueError("std must be > 0")
+        self._mean, self._std = mean, std
+        return self
+
+    def set_mode_default(self) -> "EvalAttack":
+        """Untargeted: a point is broken when it is misclassified."""
+        self.target_mode = "default"
+        return self
+
+    def set_mode_targeted_by_label(self) -> "EvalAttack":
+        """Targeted: ``atk(x, targets)`` takes the target classes in place of the labels; a point
+        is broken when it is classified as its target."""
+        self.target_mode = "label"
+        return self
+
+    def set_mode_targeted_random(self) -> "EvalAttack":
+        """Targeted at a random class other than the label (drawn from the attack's seed)."""
+        self.target_mode = "random"
+        return self
+
+    def set_mode_targeted_least_likely(self) -> "EvalAttack":
+        """Targeted at the class with the smallest clean logit."""
+        self.target_mode = "least_likely"
+        return self
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.run(x, y).x_adv
+
+    # ------------------------------------------------------------------ the entry point
+    def run(self, x: Tensor, y: Tensor, targets: Optional[Tensor] = None) -> EvalResult:
+        """Attack ``x`` [N, C, H, W] with labels ``y`` [N]. ``targets`` [N]: target classes (a
+        targeted run: broken = classified as the target); see also the ``set_mode_*`` methods."""
+        x, y = self._inputs(x, y)
+        self._in_dtype = x.dtype
+        x = x.to(compute_dtype(x))  # the attack's arithmetic; the model sees its input dtype
+        n = x.shape[0]
+        self._forward = torch.zeros(n, dtype=torch.int64, device=x.device)
+        self._backward = torch.zeros_like(self._forward)
+        self.warnings: list = []
+        if n == 0:
+            return EvalResult(x.to(self._in_dtype), torch.zeros(0, dtype=torch.bool, device=x.device),
+                              self._forward, self._backward)
+        gen = torch.Generator().manual_seed(self.seed)
+        with model_eval_mode(self.model), torch.enable_grad(), explain_dtype_errors(self.model, x):
+            clean = self.logits(x, count=torch.arange(n, device=x.device))
+            if targets is None and self.target_mode == "label":
+                targets, y = y, clean.argmax(1)  # the labels given are the targets
+            elif targets is None and self.target_mode in ("random", "least_likely"):
+                targets = self._mode_targets(clean, y, gen)
+            if targets is not None:
+                targets = _labels(targets, x, "targets")
+                self._check_classes(clean, targets, "targets")
+            self._check_classes(clean, y, "y")
+            x_adv, robust = self._run(x, y, targets, clean, gen)
+        return EvalResult(x_adv.to(self._in_dtype), robust, self._forward, self._backward,
+                          warnings=self.warnings)
+
+    def _run(self, x: Tensor, y: Tensor, targets: Optional[Tensor], clean: Tensor,
+             gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(x_adv, robust) for the batch; ``clean``: the model's logits at ``x``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared pieces
+    def _inputs(self, x, y) -> tuple[Tensor, Tensor]:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
+        if x.dim() < 2:
+            raise ValueError(f"x must be a batch [N, ...] of inputs, got shape {tuple(x.shape)}")
+        device = model_device(self.model)
+        if device is not None:  # torchattacks' habit: inputs go where the model is
+            x = x.to(device)
+            y = y.to(device) if isinstance(y, Tensor) else y
+        y = _labels(y, x, "y")
+        x = x.detach()
+        if x.numel() and bool(((x < 0) | (x > 1) | torch.isnan(x)).any()):
+            raise ValueError(input_range_message(x, 0.0, 1.0))
+        return x, y
+
+    def _check_classes(self, logits: Tensor, labels: Tensor, name: str) -> None:
+        c = logits.shape[1]
+        if labels.numel() and bool(((labels < 0) | (labels >= c)).any()):
+            raise ValueError(f"{name} has labels outside [0, {c}) for a model with {c} classes")
+
+    def _mode_targets(self, clean: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        c = clean.shape[1]
+        if self.target_mode == "least_likely":
+            return clean.argmin(1)
+        # A uniform class among the C − 1 others: draw r in [0, C−1), skip over y.
+        r = (torch.rand(y.shape[0], generator=gen) * (c - 1)).long().to(y.device)
+        return r + (r >= y).long()
+
+    def logits(self, x: Tensor, count: Optional[Tensor] = None) -> Tensor:
+        """The model's logits at ``x`` (normalised first when ``set_normalization_used`` was
+        called); ``count``: the rows' positions, whose forward counts go up by one."""
+        inp = x.to(getattr(self, "_in_dtype", x.dtype))
+        if self._mean is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            inp = (inp - self._mean.to(inp).view(shape)) / self._std.to(inp).view(shape)
+        out = self.model(inp)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
+        if count is not None:
+            self._forward[count] += 1
+        return out
+
+    def _rand(self, shape, gen: torch.Generator, like: Tensor, normal: bool = False) -> Tensor:
+        """Uniform [0, 1) (or standard normal) draws from the attack's CPU generator, float32 as
+        the official code draws them, then moved to ``like``'s device and dtype."""
+        t = torch.randn(shape, generator=gen) if normal else torch.rand(shape, generator=gen)
+        return t.to(device=like.device, dtype=like.dtype)
+
+    def _norm(self, d: Tensor) -> Tensor:
+        """‖d‖ per row (the attack's norm), shaped to broadcast against ``d``."""
+        flat = d.reshape(d.shape[0], -1)
+        v = flat.abs().amax(1) if self.norm == "linf" else (flat ** 2).sum(1).sqrt()
+        return v.view((-1,) + (1,) * (d.dim() - 1))
+
+
+def model_device(model) -> Optional[torch.device]:
+    if isinstance(model, nn.Module):
+        return next((p.device for p in model.parameters()), None)
+    return None
+
+
+def success(logits: Tensor, y: Tensor, targets: Optional[Tensor]) -> Tensor:
+    """Bool [M]: the row is broken (misclassified; or, targeted, classified as its target)."""
+    pred = logits.argmax(1)
+    return pred != y if targets is None else pred == targets
+
+
+class ActiveRows:
+    """The rows still in an attack run, and what happens when some are broken.
+
+    ``index``: each row's position in the caller's batch. ``settle(leave, x_iter, state)`` records
+    the rows with ``leave`` as broken at ``x_iter`` (``out[index] = x_iter``, ``broken[index] =
+    True``). Compacted, those rows are removed from every tensor of ``state`` (a dict of batch-first
+    tensors, packed with ``ops.compact_rows`` in one plan: one host read) and from ``index``;
+    otherwise they stay, and only their first breaking iterate is kept.
+    """
+
+    def __init__(self, index: Tensor, out: Tensor, broken: Tensor, compact: bool):
+        self.index, self.out, self.broken, self.compact = index, out, broken, compact
+        self.m = index.shape[0]
+        self.done = None if compact else torch.zeros(self.m, dtype=torch.bool, device=index.device)
+
+    def settle(self, leave: Tensor, x_iter: Tensor, state: dict) -> dict:
+        if not self.compact:
+            new = leave & ~self.done
+            view = (-1,) + (1,) * (x_iter.dim() - 1)
+            self.out[self.index] = torch.where(new.view(view), x_iter.to(self.out.dtype), self.out[self.index])
+            self.broken[self.index] |= leave
+            self.done |= leave
+            return state
+        dest, m = ops.compaction_plan(leave)  # the one host read
+        if m == self.m:
+            return state
+        self.broken[self.index] |= leave
+        ops.compact_rows(x_iter.to(self.out.dtype), dest, m, index=self.index, leavers=self.out, check=False)
+        state = {k: (None if v is None else ops.compact_rows(v, dest, m, check=False))
+                 for k, v in state.items()}
+        self.index = ops.compact_rows(self.index, dest, m, check=False)
+        self.m = m
+        return state
