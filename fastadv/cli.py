@@ -202,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--eval-alpha", type=_number, default=None,
       help="step of the PGD-20 evaluation (default eps/4; the fat-trades and fat-mart paper "
            "presets: 0.003, as their official scripts)")
+    a("--eval-autoattack", choices=("lite", "standard", "plus", "rand"), default=None,
+      help="also run AutoAttack (this version) at each evaluation, column aa%%: lite = APGD-CE + "
+           "APGD-T, a cheap upper bound for monitoring; standard = the field's evaluation")
     g = t.add_argument_group("where and how it runs")
     a = g.add_argument
     a("--out-dir", default=None,
@@ -251,7 +254,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a best.pt or last.pt of a run folder")
     e.add_argument("--attacks", nargs="+", default=["natural", "fgsm", "pgd20", "cw30"],
                    help="natural, fgsm, pgdK (e.g. pgd20, pgd100), cwK (C&W-inf with K steps), "
-                        "pgd+ (5 restarts x 40 steps); default: natural fgsm pgd20 cw30")
+                        "pgd+ (5 restarts x 40 steps), autoattack, aa-lite, apgd-ce, apgd-t, fab-t, "
+                        "square; default: natural fgsm pgd20 cw30")
+    e.add_argument("--autoattack", nargs="?", const="standard", default=None,
+                   choices=("standard", "lite", "plus", "rand"),
+                   help="add AutoAttack (default version: standard) to --attacks")
     e.add_argument("--eps", type=_number, default=None,
                    help="L-inf radius (default: the checkpoint's training eps)")
     e.add_argument("--alpha", type=_number, default=None,
@@ -363,7 +370,10 @@ def _cmd_eval(args, device) -> int:
     if main:
         print(f"{args.checkpoint}: {meta['model']} on {dataset} ({args.split})"
               + (f", {dist_utils.get_world_size()} processes" if dist_utils.is_distributed() else ""))
-    evaluate(model, data, attacks=args.attacks, eps=eps, any_iterate=args.any_iterate,
+    attacks = list(args.attacks)
+    if args.autoattack:
+        attacks.append("autoattack" if args.autoattack == "standard" else f"aa-{args.autoattack}")
+    evaluate(model, data, attacks=attacks, eps=eps, any_iterate=args.any_iterate,
              batch_size=args.batch_size, max_samples=args.max_samples, device=device, out=out,
              distributed=True, progress=args.progress,
              alpha=args.alpha if args.alpha is not None else meta.get("eval_alpha"))

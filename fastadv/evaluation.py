@@ -9,9 +9,16 @@ name           attack (all L∞, uniform random start, inputs in [0, 1])
 ``fgsm``       1 step, α = ε
 ``pgdK``       K steps of CE, α = ε/4 (``pgd20``, ``pgd100``, …)
 ``cwK``        K steps of the CW margin loss (confidence 50), α = ε/4 (``cw30``: the papers' C&W∞)
-``pgd+``       5 restarts × 40 steps, α = 0.01; robust only if correct at every check of every
-               restart (scored any-iterate whatever ``any_iterate`` says)
+``pgd+``       5 restarts × 40 steps, α = 0.01·ε/0.031 (the official 0.01 at its ε = 0.031);
+               robust only if correct at every check of every restart (always any-iterate)
+``autoattack``  AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square), seed 0;
+               ``aa-lite`` (APGD-CE, APGD-T), ``aa-plus``, ``aa-rand``
+``apgd-ce``    one of AutoAttack's attacks alone (also ``apgd-dlr``, ``apgd-t``, ``fab``,
+               ``fab-t``, ``square``)
 =============  ===============================================================================
+
+An attack object (anything with ``atk(x, y)`` → x_adv, e.g. a torchattacks attack) may stand in
+the list beside the names; ``model`` may be any callable returning logits.
 
 The final iterate is scored, unless ``any_iterate=True``: then a sample counts as broken as soon as
 any check (a forward pass at an iterate) misclassifies it, and it leaves the batch at once
@@ -38,34 +45,135 @@ import os
 import re
 import sys
 import time
-from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "cw30")
-PGD_PLUS = {"restarts": 5, "steps": 40, "alpha": 0.01}
+PGD_PLUS = {"restarts": 5, "steps": 40, "alpha": 0.01, "eps": 0.031}  # the official script's
 
 
-def parse_attack(name: str) -> Dict:
-    """``name`` → ``{"kind", "steps", "alpha" (a function of ε), "loss", "restarts"}``."""
+class Evaluation:
+    """One named evaluation: ``robust(model, x, y, eps, any_iterate)`` → bool [N], True where
+    the sample resists it. ``note(eps)``: a line for the log, or None."""
+    name = ""
+
+    def robust(self, model, x: Tensor, y: Tensor, eps: float, any_iterate: bool) -> Tensor:
+        raise NotImplementedError
+
+    def note(self, eps: float) -> Optional[str]:
+        return None
+
+
+class Natural(Evaluation):
+    name = "natural"
+
+    def robust(self, model, x, y, eps, any_iterate):
+        return _predict(model, x) == y
+
+
+class PGDEval(Evaluation):
+    """``steps`` steps of ``loss`` from a uniform start, α = ``alpha(ε)``, ``restarts`` times.
+    Scored at the final iterate, or at any iterate (``any_iterate``)."""
+
+    def __init__(self, name: str, steps: int, loss: str, alpha: Callable[[float], float], restarts: int = 1):
+        self.name, self.steps, self.loss, self.alpha, self.restarts = name, steps, loss, alpha, restarts
+
+    def fix_alpha(self, alpha: float) -> None:
+        """The user's step instead of the default (not FGSM's, whose step is ε by definition)."""
+        if self.steps > 1:
+            self.alpha = lambda e, a=float(alpha): a
+
+    def robust(self, model, x, y, eps, any_iterate):
+        from . import attacks
+        if not any_iterate:
+            x_adv = attacks.PGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps,
+                                random_start="uniform", loss=self.loss)(x, y)
+            return _predict(model, x_adv) == y
+        return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts)
+
+
+class PGDPlus(PGDEval):
+    """The FAT papers' PGD+: 5 restarts × 40 steps, robust only if correct at every check of
+    every restart. The official step 0.01 is for ε = 0.031; here it scales with ε (0.01·ε/0.031)
+    unless the user fixes it."""
+
+    def __init__(self):
+        super().__init__("pgd+", PGD_PLUS["steps"], "ce", self._scaled, PGD_PLUS["restarts"])
+        self.fixed = False
+
+    @staticmethod
+    def _scaled(eps: float) -> float:
+        return PGD_PLUS["alpha"] * eps / PGD_PLUS["eps"]
+
+    def fix_alpha(self, alpha: float) -> None:
+        self.alpha, self.fixed = (lambda e, a=float(alpha): a), True
+
+    def robust(self, model, x, y, eps, any_iterate):
+        return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts)
+
+    def note(self, eps):
+        if self.fixed:
+            return f"pgd+: step alpha = {self.alpha(eps):.4g} (given)"
+        return (f"pgd+: step alpha = {self.alpha(eps):.4g} = 0.01 * eps / 0.031 (the official 0.01 "
+                f"is for eps = 0.031; pass alpha to fix it)")
+
+
+class AutoAttackEval(Evaluation):
+    """AutoAttack (a version, or one of its attacks alone) on each batch, seed 0."""
+
+    def __init__(self, name: str, version: str = "standard", attacks: Optional[tuple] = None):
+        self.name, self.version, self.attacks = name, version, attacks
+
+    def robust(self, model, x, y, eps, any_iterate):
+        from .attacks import AutoAttack
+        aa = AutoAttack(model, eps=eps, version="custom" if self.attacks else self.version,
+                        attacks=self.attacks, seed=0)
+        return aa.run(x, y).robust
+
+
+class CallableEval(Evaluation):
+    """Any attack object: ``atk(x, y)`` → x_adv, robust where the model still classifies it."""
+
+    def __init__(self, attack):
+        self.attack, self.name = attack, type(attack).__name__
+
+    def robust(self, model, x, y, eps, any_iterate):
+        return _predict(model, self.attack(x, y)) == y
+
+
+_AA_NAMES = {"autoattack": "standard", "aa": "standard", "autoattackstandard": "standard",
+             "aastandard": "standard", "autoattacklite": "lite", "aalite": "lite",
+             "autoattackplus": "plus", "aaplus": "plus", "autoattackrand": "rand", "aarand": "rand"}
+_AA_SINGLE = {"apgdce": "apgd-ce", "apgddlr": "apgd-dlr", "apgdt": "apgd-t", "fab": "fab",
+              "fabt": "fab-t", "square": "square"}
+
+
+def parse_attack(name) -> Evaluation:
+    """A name (or an attack object) → its :class:`Evaluation`."""
     if not isinstance(name, str):
-        raise TypeError(f"attacks: names must be strings, got {name!r}")
+        if callable(name):
+            return CallableEval(name)
+        raise TypeError(f"attacks: names must be strings or attack objects, got {name!r}")
     key = name.lower().replace("_", "").replace("-", "")
-    if key == "natural" or key == "clean":
-        return {"kind": "natural"}
+    if key in ("natural", "clean"):
+        return Natural()
     if key == "fgsm":
-        return {"kind": "pgd", "steps": 1, "alpha": lambda e: e, "loss": "ce", "restarts": 1}
+        return PGDEval("fgsm", 1, "ce", lambda e: e)
     if key in ("pgd+", "pgdplus"):
-        return {"kind": "pgd+", "steps": PGD_PLUS["steps"], "alpha": lambda e: PGD_PLUS["alpha"],
-                "loss": "ce", "restarts": PGD_PLUS["restarts"]}
+        return PGDPlus()
+    if key in _AA_NAMES:
+        return AutoAttackEval(name, _AA_NAMES[key])
+    if key in _AA_SINGLE:
+        return AutoAttackEval(name, attacks=(_AA_SINGLE[key],))
     m = re.fullmatch(r"(pgd|cw)(\d+)", key)
     if m and int(m.group(2)) >= 1:
-        return {"kind": "pgd", "steps": int(m.group(2)), "alpha": lambda e: e / 4,
-                "loss": "ce" if m.group(1) == "pgd" else "cw", "restarts": 1}
+        return PGDEval(name, int(m.group(2)), "ce" if m.group(1) == "pgd" else "cw", lambda e: e / 4)
     raise ValueError(f"attacks: unknown attack {name!r}; use natural, fgsm, pgdK (e.g. pgd20), "
-                     f"cwK (e.g. cw30) or pgd+")
+                     f"cwK (e.g. cw30), pgd+, autoattack (or aa-lite, aa-plus, aa-rand), "
+                     f"apgd-ce, apgd-dlr, apgd-t, fab, fab-t or square")
 
 
 def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: int = 0,
@@ -130,20 +238,14 @@ def _predict(model, x: Tensor) -> Tensor:
         return model(x).argmax(1)
 
 
-def _robust_mask(model, spec, x: Tensor, y: Tensor, eps: float, any_iterate: bool) -> Tensor:
-    """Bool [N]: True where the sample resists the attack ``spec``."""
+def _any_iterate_robust(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
+                        loss: str, restarts: int) -> Tensor:
+    """Any-iterate scoring: EarlyStopPGD with τ = 0 removes a sample at its first wrong check;
+    later restarts attack only the still-robust."""
     from . import attacks
-    if spec["kind"] == "natural":
-        return _predict(model, x) == y
-    steps, alpha, loss = spec["steps"], spec["alpha"](eps), spec["loss"]
-    if spec["kind"] == "pgd" and not any_iterate:
-        x_adv = attacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start="uniform",
-                            loss=loss)(x, y)
-        return _predict(model, x_adv) == y
-    # Any-iterate scoring: EarlyStopPGD with τ = 0 removes a sample at its first wrong check.
     robust = torch.ones_like(y, dtype=torch.bool)
-    for _ in range(spec["restarts"]):
-        idx = torch.nonzero(robust).flatten()  # later restarts attack only the still-robust
+    for _ in range(restarts):
+        idx = torch.nonzero(robust).flatten()
         if idx.numel() == 0:
             break
         atk = attacks.EarlyStopPGD(model, eps=eps, alpha=alpha, steps=steps, tau=0,
@@ -159,29 +261,33 @@ def _robust_mask(model, spec, x: Tensor, y: Tensor, eps: float, any_iterate: boo
     return robust
 
 
-def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, eps: float = 8 / 255,
+def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 255,
              *, any_iterate: bool = False, batch_size: int = 256, max_samples: Optional[int] = None,
              device=None, out: Optional[str] = None, verbose: bool = True,
              distributed: bool = False, progress: Optional[bool] = False,
              alpha: Optional[float] = None) -> Dict:
-    """Accuracy (percent) of ``model`` under each of ``attacks`` (see the module doc).
+    """Accuracy (percent) of ``model`` (an ``nn.Module`` or any callable returning logits) under
+    each of ``attacks``: names (see the module doc) or attack objects (``atk(x, y)`` → x_adv).
     ``progress``: a bar over the batches (``None``: only when stdout is a terminal). ``alpha``:
-    the step of the pgdK and cwK attacks instead of ε/4 (the official FAT-TRADES and FAT-MART
-    scripts evaluate with 0.003)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(attacks, str):
+    the step of the pgdK, cwK and pgd+ attacks instead of their defaults (the official FAT-TRADES
+    and FAT-MART scripts evaluate with 0.003)."""
+    if not callable(model):
+        raise TypeError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
+    if isinstance(attacks, str) or not isinstance(attacks, (list, tuple)):
         attacks = (attacks,)
-    specs = {name: parse_attack(name) for name in attacks}
+    specs = {}
+    for a in attacks:
+        spec = parse_attack(a)
+        specs[a if isinstance(a, str) else spec.name] = spec
     if not specs:
         raise ValueError("attacks: give at least one attack")
     if alpha is not None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
                 or alpha <= 0:
             raise ValueError(f"alpha must be a finite number > 0 or None (eps/4), got {alpha!r}")
-        for name, spec in specs.items():
-            if spec["kind"] == "pgd" and spec["steps"] > 1:  # pgdK and cwK; not fgsm, not pgd+
-                spec["alpha"] = lambda e, a=float(alpha): a
+        for spec in specs.values():
+            if isinstance(spec, PGDEval):
+                spec.fix_alpha(alpha)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -194,10 +300,13 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
     from .training import distributed as dist_utils
     distributed = bool(distributed) and dist_utils.is_distributed()
     rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if distributed else (0, 1)
+    is_module = isinstance(model, nn.Module)
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu")) if is_module \
+            else torch.device("cpu")
+    was_training = model.training if is_module else False
+    if is_module:
+        model.eval()
     correct = {name: 0 for name in specs}
     seconds = {name: 0.0 for name in specs}
     n = 0
@@ -210,10 +319,11 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
             n += x.shape[0]
             for name, spec in specs.items():
                 t0 = time.perf_counter()
-                correct[name] += int(_robust_mask(model, spec, x, y, float(eps), any_iterate).sum())
+                correct[name] += int(spec.robust(model, x, y, float(eps), any_iterate).sum())
                 seconds[name] += time.perf_counter() - t0
     finally:
-        model.train(was_training)
+        if is_module:
+            model.train(was_training)
     local = None
     if distributed:
         local = {"n": n, "correct": dict(correct)}
@@ -225,8 +335,11 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
         seconds = {k: dist_utils.all_reduce_max(seconds[k]) for k in names}
     if n == 0:
         raise ValueError("data: no samples to evaluate")
+    notes = [line for line in (spec.note(float(eps)) for spec in specs.values()) if line]
     result = {"n": n, "eps": float(eps), "alpha": alpha, "any_iterate": bool(any_iterate),
               "accuracy": {k: 100.0 * v / n for k, v in correct.items()}, "seconds": seconds}
+    if notes:
+        result["notes"] = notes
     if distributed:
         result["world_size"] = world
         result["local"] = local
@@ -243,7 +356,7 @@ def evaluate(model: nn.Module, data, attacks: Sequence[str] = DEFAULT_ATTACKS, e
 
 def format_table(result: Dict) -> str:
     mode = "any iterate" if result["any_iterate"] else "final iterate"
-    lines = [f"n = {result['n']}, eps = {result['eps']:.4g} ({mode})",
+    lines = [f"n = {result['n']}, eps = {result['eps']:.4g} ({mode})", *result.get("notes", []),
              f"{'attack':<10} {'accuracy %':>10} {'seconds':>8}"]
     for name, acc in result["accuracy"].items():
         lines.append(f"{name:<10} {acc:>10.2f} {result['seconds'][name]:>8.1f}")

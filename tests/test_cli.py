@@ -80,6 +80,24 @@ def test_eval_checkpoint_writes_json(run_dir, capsys):
     assert json.loads((run_dir / "eval_last.json").read_text())["any_iterate"] is True
 
 
+def test_eval_autoattack(run_dir, tmp_path, capsys):
+    out = tmp_path / "aa.json"
+    assert main(["eval", str(run_dir / "best.pt"), "--attacks", "natural", "--autoattack", "lite",
+                 "--max-samples", "24", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["accuracy"]) == {"natural", "aa-lite"}
+    assert res["accuracy"]["aa-lite"] <= res["accuracy"]["natural"]
+    assert "aa-lite" in capsys.readouterr().out
+
+
+def test_train_with_autoattack_lite_column(tmp_path, capsys):
+    out = tmp_path / "aa-run"
+    assert main(["train", "--method", "at", *TINY, "--eval-autoattack", "lite", "--out-dir", str(out)]) == 0
+    hist = json.loads((out / "history.json").read_text())
+    assert all(r["test_aa_acc"] <= r["test_pgd20_acc"] + 1e-9 for r in hist)  # AA is the stronger
+    assert " aa%" in capsys.readouterr().out
+
+
 def test_plot_writes_a_png(run_dir):
     assert main(["plot", str(run_dir)]) == 0
     png = (run_dir / "curves.png").read_bytes()

@@ -41,13 +41,40 @@ def expected_robust(m, y, eps, t=0.5):
 
 
 def test_parse_attack_names():
-    assert parse_attack("pgd20")["steps"] == 20 and parse_attack("PGD-100")["steps"] == 100
-    assert parse_attack("cw30")["loss"] == "cw" and parse_attack("cw30")["alpha"](0.4) == 0.1
-    assert parse_attack("fgsm")["steps"] == 1 and parse_attack("fgsm")["alpha"](0.3) == 0.3
+    from fastadv.evaluation import AutoAttackEval, CallableEval, Natural
+    assert parse_attack("pgd20").steps == 20 and parse_attack("PGD-100").steps == 100
+    assert parse_attack("cw30").loss == "cw" and parse_attack("cw30").alpha(0.4) == 0.1
+    assert parse_attack("fgsm").steps == 1 and parse_attack("fgsm").alpha(0.3) == 0.3
+    assert isinstance(parse_attack("clean"), Natural)
     plus = parse_attack("pgd+")
-    assert (plus["restarts"], plus["steps"], plus["alpha"](1.0)) == (5, 40, 0.01)
+    assert (plus.restarts, plus.steps, plus.alpha(0.031)) == (5, 40, 0.01)
+    # The official fixed step 0.01 belongs to eps = 0.031: it scales with eps unless fixed.
+    assert plus.alpha(0.3) == pytest.approx(0.01 * 0.3 / 0.031)
+    assert "0.01 * eps / 0.031" in plus.note(0.3)
+    plus.fix_alpha(0.02)
+    assert plus.alpha(0.3) == 0.02 and "given" in plus.note(0.3)
+    aa = parse_attack("autoattack")
+    assert isinstance(aa, AutoAttackEval) and aa.version == "standard"
+    assert parse_attack("AA-lite").version == "lite" and parse_attack("apgd-t").attacks == ("apgd-t",)
+    assert isinstance(parse_attack(lambda x, y: x), CallableEval)
     with pytest.raises(ValueError, match="attacks"):
-        parse_attack("autoattack")
+        parse_attack("autoatack")
+
+
+def test_autoattack_and_attack_objects_in_evaluate(means_data):
+    """AutoAttack finds the closed form on the threshold model; an attack object and a plain
+    callable model are accepted."""
+    x, y, m = means_data
+    model = Threshold()
+    eps = 0.1
+    want = expected_robust(m, y, eps)
+    r = fastadv.evaluate(model, (x, y), attacks=("apgd-ce", "square", fastadv.attacks.FAB(model, eps=eps)),
+                         eps=eps, batch_size=16, verbose=False)
+    assert r["accuracy"]["apgd-ce"] == pytest.approx(want)
+    assert r["accuracy"]["square"] >= want and r["accuracy"]["FAB"] >= want
+    fn = lambda v: model(v)  # noqa: E731  (not an nn.Module)
+    r2 = fastadv.evaluate(fn, (x, y), attacks=("natural", "pgd20"), eps=eps, verbose=False)
+    assert r2["accuracy"]["pgd20"] == pytest.approx(want)
 
 
 @pytest.mark.parametrize("any_iterate", [False, True])

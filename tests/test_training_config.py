@@ -233,4 +233,4 @@ def test_evaluation_step_override():
         r = fastadv.evaluate(model, (x, y), attacks=("fgsm", "pgd3", "cw3"), eps=0.1, alpha=0.003,
                              verbose=False)
     assert seen == [0.1, 0.003, 0.003] and r["alpha"] == 0.003  # FGSM keeps α = ε
-    assert parse_attack("pgd20")["alpha"](0.1) == pytest.approx(0.025)  # the default: ε/4
+    assert parse_attack("pgd20").alpha(0.1) == pytest.approx(0.025)  # the default: ε/4

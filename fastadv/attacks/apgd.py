@@ -37,6 +37,19 @@ def apgd_checkpoints(steps: int) -> tuple[int, int, int]:
     return max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
 
 
+def apgd_schedule(steps: int) -> dict:
+    """{iteration i: the period p ending there} for the checkpoints of a K-step run (counting
+    the iterations i = 0 … K−1 after the start): the first after ``first`` iterations, then periods
+    shrinking by ``decrease`` down to ``smallest`` (K = 100: 21, 40, 56, 69, 79, 86, 92, 98)."""
+    first, smallest, decrease = apgd_checkpoints(steps)
+    out, i, period = {}, first - 1, first
+    while i < steps:
+        out[i] = period
+        period = max(period - decrease, smallest)
+        i += period
+    return out
+
+
 def oscillates(loss_steps: Tensor, i: int, period: int, rho: float) -> Tensor:
     """Bool [M]: at checkpoint iteration ``i``, the loss rose in at most ρ·period of the last
     ``period`` iterations. ``loss_steps`` [M, K] holds the loss of iteration j in column j (zeros
@@ -168,7 +181,7 @@ class APGD(EvalAttack):
         """One APGD run on the rows ``idx`` of the batch; broken rows get ``broken[idx] = True``
         and ``out[idx] = `` their breaking iterate."""
         targeted = judge_targets is not None  # user targets: broken = classified as the target
-        first, smallest, decrease = apgd_checkpoints(self.steps)
+        checkpoints = apgd_schedule(self.steps)
         x = self._start(x_nat, gen)
         rows = ActiveRows(idx, out, broken, self.compact)
         grad, logits, loss = self._gradient(x, y, tgt, rows.index)
@@ -179,7 +192,6 @@ class APGD(EvalAttack):
                      loss_best=loss, best_at_check=loss, halved_at_check=torch.ones_like(loss, dtype=torch.bool),
                      loss_steps=torch.zeros(x.shape[0], self.steps, dtype=loss.dtype, device=x.device))
         state = rows.settle(success(logits, y, tgt if targeted else None), x, state)
-        period, since_check = first, 0
         view = (-1,) + (1,) * (x.dim() - 1)
         for i in range(self.steps):
             if rows.m == 0:
@@ -198,15 +210,13 @@ class APGD(EvalAttack):
             s["x_best"] = torch.where(better.view(view), s["x"], s["x_best"])
             s["grad_best"] = torch.where(better.view(view), s["grad"], s["grad_best"])
             s["loss_best"] = torch.where(better, loss, s["loss_best"])
-            since_check += 1
-            if since_check == period:
-                halve = halve_step(s["loss_steps"], i, period, self.rho, s["loss_best"],
+            if i in checkpoints:
+                halve = halve_step(s["loss_steps"], i, checkpoints[i], self.rho, s["loss_best"],
                                    s["best_at_check"], s["halved_at_check"])
                 s["halved_at_check"], s["best_at_check"] = halve, s["loss_best"].clone()
                 s["step"] = torch.where(halve, s["step"] / 2.0, s["step"])
                 s["x"] = torch.where(halve.view(view), s["x_best"], s["x"])
                 s["grad"] = torch.where(halve.view(view), s["grad_best"], s["grad"])
-                period, since_check = max(period - decrease, smallest), 0
             state = s
 
 

@@ -138,7 +138,8 @@ class EvalAttack:
                               self._forward, self._backward)
         gen = torch.Generator().manual_seed(self.seed)
         with model_eval_mode(self.model), torch.enable_grad(), explain_dtype_errors(self.model, x):
-            clean = self.logits(x, count=torch.arange(n, device=x.device))
+            with torch.no_grad():
+                clean = self.logits(x, count=torch.arange(n, device=x.device))
             if targets is None and self.target_mode == "label":
                 targets, y = y, clean.argmax(1)  # the labels given are the targets
             elif targets is None and self.target_mode in ("random", "least_likely"):

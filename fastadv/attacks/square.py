@@ -147,7 +147,8 @@ class Square(EvalAttack):
 
     def _margin_and_loss(self, x: Tensor, y: Tensor, tgt: Optional[Tensor], rows: Tensor):
         """(margin, loss) per row: the margin is ≤ 0 exactly when the row is broken."""
-        logits = self.logits(x, count=rows).detach().float()
+        with torch.no_grad():  # queries only: no graph
+            logits = self.logits(x, count=rows).float()
         label = y if tgt is None else tgt
         z = logits.gather(1, label[:, None]).squeeze(1)
         others = logits.scatter(1, label[:, None], float("-inf")).amax(1)

@@ -293,6 +293,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                       lr_fn=lambda e: lr_at(e, cfg.lr, cfg.epochs, cfg.lr_schedule),
                       device=device, amp=cfg.amp, channels_last=cfg.channels_last,
                       compile=cfg.compile, eval_alpha=cfg.eval_alpha,
+                      eval_autoattack=cfg.eval_autoattack,
                       train_nat_acc=cfg.train_nat_acc,
                       progress=cfg.progress if main else False,
                       logger=logger, config=plain_config(cfg.to_dict()), meta=meta,

@@ -92,6 +92,7 @@ class TrainConfig:
     eval_every: int = 1                         # evaluate every N epochs (0: never)
     eval_batch_size: int = 256
     eval_alpha: Optional[float] = None          # the evaluation's PGD-20 step (None: eps/4)
+    eval_autoattack: Optional[str] = None       # also AutoAttack per evaluation: lite | standard
     train_nat_acc: bool = True                  # one extra eval forward per step: train_nat_acc
     seed: int = 0
     device: Optional[str] = None                # default: cuda if available, else cpu
@@ -115,6 +116,7 @@ class TrainConfig:
                 if f.name != "method_object"}
 
 
+EVAL_AUTOATTACK = ("lite", "standard", "plus", "rand")
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_object")
 BOOL_OPTIONS = ("download", "channels_last", "compile", "sync_bn", "resume", "overwrite", "verbose",
                 "verify_data", "train_nat_acc")
@@ -216,6 +218,9 @@ def resolve_config(method: Union[str, Method] = "fat", **options) -> TrainConfig
     check_number("weight_decay", cfg.weight_decay, minimum=0)
     if cfg.eval_alpha is not None:
         check_number("eval_alpha", cfg.eval_alpha, minimum=0, strict=True)
+    if cfg.eval_autoattack is not None and cfg.eval_autoattack not in EVAL_AUTOATTACK:
+        fail("eval_autoattack", f"must be one of {', '.join(EVAL_AUTOATTACK)} (AutoAttack's "
+                                f"versions), got {cfg.eval_autoattack!r}")
     check_attack_budget(cfg.eps, cfg.alpha, cfg.steps)
     for opt in ("train_samples", "eval_samples"):
         if isinstance(getattr(cfg, opt), str) and getattr(cfg, opt).lower() == "all":

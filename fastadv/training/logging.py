@@ -26,7 +26,8 @@ COLUMNS = [
 # and rollbacks, the validation accuracy of the last two).
 EXTRA_COLUMNS = [("fosc_threshold", "c_t", 5, ".3f"), ("noise_rate", "noise", 5, ".3f"),
                  ("cat_k", "k", 2, "d"),
-                 ("val_robust_acc", "val-rob%", 8, ".2f"), ("rolled_back_to", "back-to", 7, "d")]
+                 ("val_robust_acc", "val-rob%", 8, ".2f"), ("rolled_back_to", "back-to", 7, "d"),
+                 ("test_aa_acc", "aa%", 6, ".2f")]
 # Printed once above the table: what the columns measure.
 LEGEND = ("tr-nat% / tr-adv%: accuracy on the training batches, clean / on the method's own "
           "adversarial examples (FAT's early-stopped ones, not PGD-20); test% / pgd20%: the fixed "

@@ -99,6 +99,7 @@ class Trainer:
                  loss_weights: Optional[bool] = None, epochs: Optional[int] = None, lr_fn: Optional[Callable[[int], float]] = None,
                  scheduler=None, device=None, amp: Optional[str] = None, channels_last: bool = False,
                  compile: bool = False, eval_steps: int = 20, eval_alpha: Optional[float] = None,
+                 eval_autoattack: Optional[str] = None,
                  train_nat_acc: bool = True,
                  progress: Optional[bool] = False,
                  logger: Optional[RunLogger] = None, config: Optional[dict] = None,
@@ -195,6 +196,7 @@ class Trainer:
         self.channels_last = bool(channels_last)
         self.eval_steps = int(eval_steps)
         self.eval_alpha = eval_alpha
+        self.eval_autoattack = eval_autoattack  # an AutoAttack version also run per evaluation
         self.train_nat_acc = train_nat_acc
         self.progress = progress
         self.logger = logger
@@ -423,18 +425,23 @@ class Trainer:
 
     def evaluate(self, data, max_samples: Optional[int] = None, batch_size: int = 256) -> Dict[str, float]:
         """Natural and PGD-20 (α = ε/4, uniform start) accuracy in percent on ``data`` (any input
-        of :func:`fastadv.evaluate`): ``{"test_nat_acc", "test_pgd20_acc"}``."""
+        of :func:`fastadv.evaluate`): ``{"test_nat_acc", "test_pgd20_acc"}``, and
+        ``test_aa_acc`` (AutoAttack's ``eval_autoattack`` version) when set."""
         from ..evaluation import evaluate
         name = f"pgd{self.eval_steps}"
+        aa = (f"aa-{self.eval_autoattack}",) if self.eval_autoattack else ()
         with self._autocast():
-            r = evaluate(self.fmodel, data, attacks=("natural", name), eps=self.eps,
+            r = evaluate(self.fmodel, data, attacks=("natural", name) + aa, eps=self.eps,
                          batch_size=batch_size, max_samples=max_samples, device=self.device,
                          verbose=False, distributed=self.distributed,
                          progress=use_progress(self.progress) and self.rank == 0,
                          alpha=self.eval_alpha)
         if "local" in r:
             self.local_stats["eval"] = r["local"]
-        return {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
+        out = {"test_nat_acc": r["accuracy"]["natural"], "test_pgd20_acc": r["accuracy"][name]}
+        if aa:
+            out["test_aa_acc"] = r["accuracy"][aa[0]]
+        return out
 
     def validate(self, data, batch_size: Optional[int] = None, steps: Optional[int] = None,
                  alpha: Optional[float] = None) -> float:

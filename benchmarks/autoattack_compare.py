@@ -1,0 +1,155 @@
+"""AutoAttack: fastadv against the official code (fra31/auto-attack) and torchattacks (issue #12).
+
+An adversarially trained MNIST model (fastadv's AT, small CNN, ε = 0.3; trained here on the first
+``--train`` images unless ``--model`` holds one), the first ``--points`` test images, one CPU
+thread. The two AutoAttacks run the standard version in lockstep: for each attack in turn, the
+official code and fastadv each attack their own still-robust points (the order alternating from one
+attack to the next), so the machine's load hits both alike; the per-attack seconds, robust accuracy
+and fastadv's forward/backward passes are recorded. torchattacks' ``AutoAttack`` (not the standard
+version: its own settings) runs once after.
+
+The official code is not on PyPI: install it (``pip install git+https://github.com/fra31/auto-attack``)
+or put its folder on PYTHONPATH; without it the benchmark says so and times fastadv alone.
+
+    python -m benchmarks.autoattack_compare --points 1000 --out benchmarks/results/autoattack_mnist_cpu
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def _model(args, tmp: Path):
+    """The AT model: loaded from ``--model`` if it exists, else trained (and saved there)."""
+    import torch
+    import fastadv
+    from fastadv.models import create
+    model = create("small_cnn", num_classes=10, in_channels=1)
+    if args.model and os.path.exists(args.model):
+        model.load_state_dict(torch.load(args.model, weights_only=True))
+        return model.eval()
+    r = fastadv.train(method="at", dataset="mnist", data_dir=str(tmp), download=False,
+                      epochs=args.epochs, train_samples=args.train, eval_samples=200,
+                      eval_every=args.epochs, eps=args.eps, alpha=args.eps / 4, batch_size=64,
+                      lr=args.lr, lr_schedule="constant", seed=0, device="cpu",
+                      out_dir=str(tmp / "run"), progress=False)
+    model = r.model.eval()
+    if args.model:
+        os.makedirs(os.path.dirname(os.path.abspath(args.model)), exist_ok=True)
+        torch.save(model.state_dict(), args.model)
+    return model
+
+
+def _official(model, eps, attack):
+    from autoattack import AutoAttack as OfficialAA
+    aa = OfficialAA(model, norm="Linf", eps=eps, seed=0, device="cpu", version="standard", verbose=False)
+    aa.attacks_to_run = [attack]  # the standard version's settings, one attack
+    return aa
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--points", type=int, default=1000)
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--train", type=int, default=6000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", default=str(REPO / "benchmarks" / "results" / ".cache" / "aa_mnist_at.pt"))
+    p.add_argument("--no-torchattacks", action="store_true")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "autoattack_mnist_cpu"))
+    args = p.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(args.threads)
+    from fastadv.attacks import AutoAttack
+    from fastadv.data import load_dataset
+    from shared_data import build_mnist, shared_data_dir
+    root = shared_data_dir()
+    if root is None:
+        print("no ../shared/data: nothing to do", file=sys.stderr)
+        return 1
+    try:
+        import autoattack  # noqa: F401
+        have_official = True
+    except ImportError:
+        have_official = False
+        print("the official AutoAttack (fra31/auto-attack) is not installed: timing fastadv alone",
+              file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        build_mnist(root, tmp)
+        model = _model(args, tmp)
+        test = load_dataset("mnist", data_dir=str(tmp), split="test", download=False)
+    x = test.images[:args.points].float().div(255) if test.images.dtype == torch.uint8 else test.images[:args.points]
+    y = test.labels[:args.points].long()
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    rows = {"fastadv": {}, "official": {}}
+    robust = {"fastadv": clean.clone(), "official": clean.clone()}
+    print(f"clean accuracy {float(clean.float().mean()):.2%} on {args.points} points", flush=True)
+    for k, attack in enumerate(STANDARD):
+        order = ["fastadv", "official"] if k % 2 == 0 else ["official", "fastadv"]
+        for who in order:
+            if who == "official" and not have_official:
+                continue
+            idx = robust[who].nonzero().flatten()
+            t0 = time.perf_counter()
+            if who == "official":
+                adv = _official(model, args.eps, attack).run_standard_evaluation(x[idx], y[idx], bs=250)
+                with torch.no_grad():
+                    still = model(adv).argmax(1) == y[idx]
+                extra = {}
+            else:
+                res = AutoAttack(model, eps=args.eps, attacks=[attack]).run(x[idx], y[idx])
+                still = res.robust
+                extra = {"forward": int(res.forward.sum()), "backward": int(res.backward.sum())}
+            sec = time.perf_counter() - t0
+            robust[who][idx[~still]] = False
+            rows[who][attack] = dict(seconds=sec, points_in=int(idx.numel()),
+                                     robust_after=float(robust[who].float().mean()), **extra)
+            print(f"{who:8s} {attack:8s} {sec:8.1f} s  robust {rows[who][attack]['robust_after']:.2%}", flush=True)
+    result = {"points": args.points, "eps": args.eps, "clean": float(clean.float().mean()),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": f"{platform.platform()} ({platform.processor() or platform.machine()})",
+              "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "runs": rows,
+              "agree_point_for_point": (bool((robust["fastadv"] == robust["official"]).all())
+                                        if have_official else None)}
+    if not args.no_torchattacks:
+        try:
+            import torchattacks
+            t0 = time.perf_counter()
+            adv = torchattacks.AutoAttack(model, norm="Linf", eps=args.eps, version="standard",
+                                          n_classes=10, seed=0)(x, y)
+            with torch.no_grad():
+                ta_robust = model(adv).argmax(1) == y
+            result["torchattacks"] = {"seconds": time.perf_counter() - t0, "version": torchattacks.__version__,
+                                      "robust": float(ta_robust.float().mean())}
+        except ImportError:
+            print("torchattacks is not installed: skipped", file=sys.stderr)
+    for who in rows:
+        if rows[who]:
+            result[f"{who}_seconds"] = sum(r["seconds"] for r in rows[who].values())
+            result[f"{who}_robust"] = float(robust[who].float().mean())
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

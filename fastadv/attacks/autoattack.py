@@ -1,0 +1,302 @@
+"""AutoAttack (Croce & Hein, ICML 2020): the field's standard robustness evaluation, with the
+official versions, log, sanity checks and seeding, and fastadv's compaction inside each attack.
+
+==========  ==================================================================================
+version     attacks, each run on the points still robust
+==========  ==================================================================================
+standard    APGD-CE → APGD-T (9 target classes) → FAB-T (9) → Square (5,000 queries)
+plus        APGD-CE, APGD-DLR (5 restarts each) → FAB (5 restarts) → Square → APGD-T → FAB-T
+rand        APGD-CE, APGD-DLR with EOT over 20 passes (for randomised defences)
+lite        APGD-CE → APGD-T (9): fastadv's cheap version for monitoring (an upper bound)
+==========  ==================================================================================
+
+As in the official code the points still robust go through each attack in batches of
+``batch_size`` (250), and each attack seeds its generator with ``seed`` on every batch, so the
+random starts are the official ones. A point counts as broken only when the model, run once more on
+its ``x_adv`` alone, misclassifies it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .apgd import APGD, APGDT
+from .eval_base import EvalAttack, EvalResult
+from .fab import FAB
+from .square import Square
+
+VERSIONS = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+    "lite": ("apgd-ce", "apgd-t"),
+}
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class AutoAttack(EvalAttack):
+    """``AutoAttack(model, norm="linf", eps=8/255, version="standard", seed=0)``.
+
+    ``atk(x, y)`` returns x_adv in input order; ``atk.run(x, y)`` an
+    :class:`~fastadv.attacks.EvalResult` with, per point, ``robust``, ``broken_by`` (the attack that
+    broke it; ``"clean"``: misclassified unattacked; ``None``: robust), ``forward``/``backward``
+    (passes spent on it), and ``accuracy``/``seconds`` after each attack and the ``log``.
+
+    Options: ``attacks`` (a custom sequence of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
+    ``fab-t``, ``square``, with ``version="custom"``); ``batch_size`` (250, as the official code);
+    ``verbose`` (print the official log's lines), ``log_path`` (append them to a file);
+    ``progress`` (a bar; None: when stdout is a terminal); ``compact`` (False: every iteration on
+    every row, for comparison); ``autocast="bf16"`` (the model under bf16 autocast, used only
+    if APGD-CE with it agrees with fp32 on the first ``autocast_check`` points).
+
+    Example::
+
+        aa = fastadv.attacks.AutoAttack(model, norm="linf", eps=8/255, version="standard")
+        res = aa.run(x_test[:1000], y_test[:1000])
+        print(res.robust_accuracy, res.broken_by[:10])
+    """
+
+    def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, version: str = "standard",
+                 seed: int = 0, *, attacks: Optional[Sequence[str]] = None, batch_size: int = 250,
+                 verbose: bool = False, log_path: Optional[str] = None, progress: Optional[bool] = False,
+                 compact: bool = True, autocast: Optional[str] = None, autocast_check: int = 200):
+        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact)
+        if attacks is not None:
+            attacks = tuple(a.lower() for a in attacks)
+            bad = [a for a in attacks if a not in ATTACKS]
+            if bad or not attacks:
+                raise ValueError(f"attacks: unknown {bad or 'empty list'}; choose from {', '.join(ATTACKS)}")
+            if version not in ("custom", "standard"):
+                raise ValueError("attacks= replaces the version's list: pass version='custom'")
+            version = "custom"
+        elif version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)} (or 'custom' with "
+                             f"attacks=...), got {version!r}")
+        self.version = version
+        self.attacks = attacks if attacks is not None else VERSIONS[version]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.verbose, self.log_path, self.progress = bool(verbose), log_path, progress
+        if autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+        self.autocast, self.autocast_check = autocast, autocast_check
+        plus = version == "plus"
+        kw = dict(norm=self.norm, eps=self.eps, seed=seed, compact=compact)
+        eot = 20 if version == "rand" else 1
+        self.subattacks = {
+            "apgd-ce": APGD(model, loss="ce", restarts=5 if plus else 1, eot_iter=eot, **kw),
+            "apgd-dlr": APGD(model, loss="dlr", restarts=5 if plus else 1, eot_iter=eot, **kw),
+            "apgd-t": APGDT(model, n_target_classes=9, **kw),
+            "fab": FAB(model, restarts=5, targeted=False, **kw),
+            "fab-t": FAB(model, restarts=1, targeted=True, n_target_classes=9, **kw),
+            "square": Square(model, queries=5000, p_init=0.8, rescale_schedule=False, **kw),
+        }
+
+    def __repr__(self) -> str:
+        return (f"AutoAttack(norm={self.norm!r}, eps={self.eps:.4g}, version={self.version!r}, "
+                f"attacks={list(self.attacks)}, seed={self.seed})")
+
+    def set_normalization_used(self, mean, std) -> "AutoAttack":
+        super().set_normalization_used(mean, std)
+        for sub in self.subattacks.values():
+            sub.set_normalization_used(mean, std)
+        return self
+
+    # ------------------------------------------------------------------ the run
+    def run(self, x: Tensor, y: Tensor, targets: Optional[Tensor] = None) -> EvalResult:
+        if targets is not None or self.target_mode != "default":
+            raise ValueError("AutoAttack is untargeted (APGD-T and FAB-T choose their own targets); "
+                             "use APGD, FAB or Square for a targeted attack")
+        x, y = self._inputs(x, y)
+        n = x.shape[0]
+        self._in_dtype = x.dtype
+        self._forward = torch.zeros(n, dtype=torch.int64, device=x.device)
+        self._backward = torch.zeros_like(self._forward)
+        self.warnings, self._log = [], []
+        if n == 0:
+            return EvalResult(x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device),
+                              self._forward, self._backward, [], {}, {})
+        attacks = list(self.attacks)
+        self._say(f"using {self.version} version including {', '.join(attacks)}.")
+        from ..training.logging import progress_bar, use_progress
+        with self._autocast_for(x, y):
+            self._sanity_checks(x[:self.batch_size], y[:self.batch_size])
+            robust = self._clean_pass(x, y)
+            accuracy = {"clean": float(robust.float().mean())}
+            self._say(f"initial accuracy: {accuracy['clean']:.2%}")
+            broken_by = [None if r else "clean" for r in robust.tolist()]
+            x_adv = x.clone()
+            seconds, start = {}, time.perf_counter()
+            bar = progress_bar(range(len(attacks)), len(attacks), use_progress(self.progress),
+                               desc="AutoAttack")
+            for name, _ in zip(attacks, bar):
+                idx = robust.nonzero().flatten()
+                if idx.numel() == 0:
+                    break
+                self._attack_points(name, x, y, idx, robust, x_adv, broken_by)
+                accuracy[name] = float(robust.float().mean())
+                seconds[name] = time.perf_counter() - start
+                self._say(f"robust accuracy after {name.upper()}: {accuracy[name]:.2%} "
+                          f"(total time {seconds[name]:.1f} s)")
+        self._check_square(accuracy)
+        res = self._norm(x_adv - x).flatten()
+        self._say(f"max {'Linf' if self.norm == 'linf' else 'L2'} perturbation: {float(res.max()):.5f}, "
+                  f"nan in tensor: {int(torch.isnan(x_adv).sum())}, max: {float(x_adv.max()):.5f}, "
+                  f"min: {float(x_adv.min()):.5f}")
+        self._say(f"robust accuracy: {float(robust.float().mean()):.2%}")
+        return EvalResult(x_adv.to(self._in_dtype), robust, self._forward, self._backward,
+                          broken_by, accuracy, seconds, list(self._log), list(self.warnings))
+
+    def _attack_points(self, name, x, y, idx, robust, x_adv, broken_by) -> None:
+        """Run attack ``name`` on the robust points ``idx``, in batches; a point it breaks is
+        verified (the model misclassifies its x_adv, evaluated alone) before it counts."""
+        sub = self.subattacks[name]
+        n_batches = math.ceil(idx.numel() / self.batch_size)
+        for b in range(n_batches):
+            rows = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            res = sub.run(x[rows], y[rows])
+            self._forward[rows] += res.forward
+            self._backward[rows] += res.backward
+            for w in res.warnings:
+                if w not in self.warnings:
+                    self.warnings.append(w)
+            claimed = (~res.robust).nonzero().flatten()
+            fooled = 0
+            if claimed.numel():
+                with torch.no_grad():
+                    pred = self.logits(res.x_adv[claimed].to(x.dtype), count=rows[claimed]).argmax(1)
+                ok = pred != y[rows[claimed]]
+                if not bool(ok.all()):
+                    self._warn(f"{name}: {int((~ok).sum())} points it reported broken are classified "
+                               f"correctly when their x_adv is evaluated again (numerical noise); "
+                               f"they stay robust")
+                good = rows[claimed[ok]]
+                robust[good] = False
+                x_adv[good] = res.x_adv[claimed[ok]].to(x_adv.dtype)
+                for i in good.tolist():
+                    broken_by[i] = name
+                fooled = int(ok.sum())
+            self._say(f"{name} - {b + 1}/{n_batches} - {fooled} out of {rows.numel()} successfully perturbed")
+
+    def _clean_pass(self, x: Tensor, y: Tensor) -> Tensor:
+        robust = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        with torch.no_grad(), self._eval_mode():
+            for lo in range(0, x.shape[0], self.batch_size):
+                rows = torch.arange(lo, min(lo + self.batch_size, x.shape[0]), device=x.device)
+                logits = self.logits(x[rows], count=rows)
+                self._check_classes(logits, y[rows], "y")
+                robust[rows] = logits.argmax(1) == y[rows]
+        return robust
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        from .base import model_eval_mode
+        with model_eval_mode(self.model):
+            yield
+
+    # ------------------------------------------------------------------ log and warnings
+    def _say(self, line: str) -> None:
+        self._log.append(line)
+        if self.verbose:
+            print(line, file=sys.stdout, flush=True)
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(line + "\n")
+
+    def _warn(self, msg: str) -> None:
+        if msg in self.warnings:
+            return
+        self.warnings.append(msg)
+        self._say(f"Warning: {msg}")
+        warnings.warn(msg, stacklevel=3)
+
+    # ------------------------------------------------------------------ the official sanity checks
+    def _sanity_checks(self, x: Tensor, y: Tensor) -> None:
+        with torch.no_grad(), self._eval_mode():
+            outs = [self.logits(x).float() for _ in range(1 if self.version == "rand" else 5)]
+        c = outs[0].shape[1]
+        if self.version != "rand":
+            unit = [o / (o.norm(dim=1, keepdim=True) + 1e-10) for o in outs]
+            diff = max(float((a - b).norm(dim=1).max()) for i, a in enumerate(unit) for b in unit[i + 1:])
+            flips = len({int((o.argmax(1) == y).sum()) for o in outs}) > 1
+            if flips or diff > 1e-4:
+                self._warn("the model's outputs change from one call to the next: it seems to be a "
+                           "randomized defense; use version='rand'")
+        o = outs[0]
+        if bool(o.max() < 1 + 1e-5) and bool(o.min() > -1e-5) and bool(((o.sum(1) - 1).abs() < 1e-5).all()):
+            self._warn("the model's outputs look like probabilities (softmax): AutoAttack needs the "
+                       "logits")
+        if self._computes_gradients(x):
+            self._warn("the model computes gradients in its forward pass: it seems to be a dynamic "
+                       "defense, for which AutoAttack may be insufficient")
+        needs = {"apgd-dlr": 3, "apgd-t": 4}
+        for name in self.attacks:
+            if c < needs.get(name, 2):
+                raise ValueError(f"{name} needs at least {needs[name]} classes; the model has {c}")
+        for name in ("apgd-t", "fab-t"):
+            sub = self.subattacks[name]
+            if name in self.attacks and sub.n_target_classes > c - 1:
+                sub.n_target_classes = c - 1
+                self._say(f"{name}: {c - 1} target classes (the model has {c} classes)")
+
+    def _computes_gradients(self, x: Tensor) -> bool:
+        """The official check for dynamic defenses: does a forward pass call autograd?"""
+        calls = []
+
+        def trace(frame, event, arg):
+            if event == "call" and frame.f_code.co_name in ("grad", "backward", "_make_grads"):
+                calls.append(frame.f_code.co_name)
+            return None
+        old = sys.gettrace()
+        sys.settrace(trace)
+        try:
+            with torch.no_grad(), self._eval_mode():
+                self.logits(x[:2])
+        finally:
+            sys.settrace(old)
+        return bool(calls)
+
+    def _check_square(self, accuracy: dict) -> None:
+        if "square" in accuracy and len(accuracy) > 2:
+            others = min(v for k, v in accuracy.items() if k != "square")
+            if accuracy["square"] < others - 0.002:
+                self._warn(f"Square Attack has decreased the robust accuracy by "
+                           f"{others - accuracy['square']:.2%}: the gradient-based attacks may be "
+                           f"unreliable on this model (consider more Square queries or an adaptive "
+                           f"attack)")
+
+    # ------------------------------------------------------------------ bf16 autocast
+    @contextlib.contextmanager
+    def _autocast_for(self, x: Tensor, y: Tensor):
+        """The model under autocast for the whole run, once APGD-CE with it has matched fp32 on
+        the first ``autocast_check`` points (else fp32, with a warning)."""
+        dtype = AUTOCAST[self.autocast]
+        if dtype is None:
+            yield
+            return
+        m = min(self.autocast_check, x.shape[0])
+        probe = APGD(self.model, norm=self.norm, eps=self.eps, seed=self.seed)
+        if self._mean is not None:
+            probe.set_normalization_used(self._mean, self._std)
+        ref = probe.run(x[:m], y[:m]).robust
+        with torch.autocast(x.device.type, dtype=dtype):
+            low = probe.run(x[:m], y[:m]).robust
+        differ = int((ref != low).sum())
+        self._say(f"autocast {self.autocast}: APGD-CE on {m} points gives {int(low.sum())} robust "
+                  f"against {int(ref.sum())} in fp32 ({differ} points differ)")
+        if differ > max(1, m // 100):
+            self._warn(f"autocast {self.autocast} disagrees with fp32 on {differ} of {m} points: "
+                       f"running in fp32")
+            yield
+            return
+        with torch.autocast(x.device.type, dtype=dtype):
+            yield

@@ -1,0 +1,366 @@
+"""AutoAttack and its attacks (issue #12): losses by formula, APGD's schedule and halving rule on
+scripted losses, FAB's projections against linear programs, target orders, compaction equal to the
+full-batch run point for point, seeds, the log, the sanity checks and the torchattacks habits."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import fastadv
+from fastadv.attacks import APGD, APGDT, FAB, AutoAttack, Square
+from fastadv.attacks.apgd import apgd_schedule, halve_step, oscillates
+from fastadv.attacks.fab import project_l2, project_linf
+from fastadv.attacks.square import p_schedule
+from fastadv.losses import dlr_loss, dlr_targeted_loss
+
+
+def small_model(in_ch=1, side=12, classes=10, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(in_ch, 8, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * (side - 2) ** 2, 32), nn.ReLU(), nn.Linear(32, classes)).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    model = small_model()
+    torch.manual_seed(1)
+    x = torch.rand(48, 1, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:4] = (y[:4] + 1) % 10  # four points misclassified from the start
+    return model, x, y
+
+
+# ---------------------------------------------------------------------------- losses
+def test_dlr_by_formula():
+    z = torch.tensor([[3.0, 1.0, 0.5, -2.0], [0.0, 4.0, 2.0, 1.0]])
+    y = torch.tensor([0, 2])
+    # row 0: y on top: −(3 − 1)/(3 − 0.5); row 1: y third: −(2 − 4)/(4 − 1)
+    assert torch.allclose(dlr_loss(z, y), torch.tensor([-2 / 2.5, 2 / 3]))
+    t = torch.tensor([1, 3])
+    # −(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2)
+    want = torch.tensor([-(3 - 1) / (3 - (0.5 - 2) / 2), -(2 - 1) / (4 - (1 + 0) / 2)])
+    assert torch.allclose(dlr_targeted_loss(z, y, t), want)
+    # invariant to shifting and (positive) scaling of the logits
+    assert torch.allclose(dlr_loss(7 * z + 3, y), dlr_loss(z, y), atol=1e-6)
+    assert torch.allclose(dlr_targeted_loss(7 * z - 1, y, t), dlr_targeted_loss(z, y, t), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- APGD's schedule
+def test_apgd_checkpoints():
+    assert apgd_schedule(100) == {21: 22, 40: 19, 56: 16, 69: 13, 79: 10, 86: 7, 92: 6, 98: 6}
+    assert apgd_schedule(1) == {0: 1}
+    assert list(apgd_schedule(10).items())[:3] == [(1, 2), (2, 1), (3, 1)]
+
+
+def test_halving_rule_on_scripted_losses():
+    k = 10
+    rising = torch.arange(1.0, k + 1)            # rose at every step
+    flat = torch.full((k,), 2.0)                  # never rose
+    mixed = torch.tensor([1.0, 2, 1, 2, 1, 2, 1, 2, 3, 4])  # rose at 6 of the 5 + … comparisons
+    hist = torch.stack([rising, flat, mixed])
+    osc = oscillates(hist, i=4, period=5, rho=0.75)
+    # rising: 4 rises among columns 0..4 plus column 0 against column 9 (wrap, 10 > 1: no rise)
+    # → 4 ≤ 3.75? no; flat: 0 rises → yes; mixed (1,2,1,2,1 vs prev 4,1,2,1,2): rises at 1, 3 → yes
+    assert osc.tolist() == [False, True, True]
+    # At the first checkpoint the column before 0 is the last one, still 0: a positive first loss
+    # counts as a rise, as in the official code.
+    first = torch.zeros(1, 10)
+    first[0, :3] = torch.tensor([1.0, 1.0, 1.0])
+    assert oscillates(first, i=2, period=3, rho=0.34).tolist() == [True]   # 1 rise ≤ 1.02
+    assert oscillates(first, i=2, period=3, rho=0.3).tolist() == [False]   # 1 rise > 0.9
+    # Condition 2: not halved at the last checkpoint and no better loss since.
+    best = torch.tensor([1.0, 1.0, 2.0])
+    last = torch.tensor([1.0, 1.0, 1.0])
+    halved_last = torch.tensor([False, True, False])
+    got = halve_step(torch.arange(1.0, 11).repeat(3, 1), 9, 5, 0.75, best, last, halved_last)
+    assert got.tolist() == [True, False, False]
+
+
+# ---------------------------------------------------------------------------- FAB's projections
+def _lp_linf(t, w, b):
+    """min ‖d‖∞ s.t. w·(t + d) = b, 0 ≤ t + d ≤ 1, by scipy's linprog (None if infeasible)."""
+    from scipy.optimize import linprog
+    n = t.size
+    c = np.zeros(n + 1)
+    c[-1] = 1
+    a_ub = np.block([[np.eye(n), -np.ones((n, 1))], [-np.eye(n), -np.ones((n, 1))]])
+    bounds = [(-ti, 1 - ti) for ti in t] + [(0, None)]
+    res = linprog(c, A_ub=a_ub, b_ub=np.zeros(2 * n), A_eq=np.append(w, 0)[None], b_eq=[b - w @ t],
+                  bounds=bounds, method="highs")
+    return res.x[-1] if res.status == 0 else None
+
+
+def test_projection_linf_is_the_least_linf_step():
+    rng = np.random.default_rng(0)
+    hits = corners = 0
+    for trial in range(60):
+        d = int(rng.integers(2, 9))
+        t = rng.random(d)
+        w = rng.normal(size=d)
+        w[rng.random(d) < 0.2] = 0.0  # some coordinates do not matter
+        b = float(w @ rng.random(d) * rng.uniform(0, 2))
+        step = project_linf(torch.tensor(t)[None], torch.tensor(w)[None], torch.tensor([b], dtype=torch.float64))[0].numpy()
+        assert np.all(t + step >= -1e-12) and np.all(t + step <= 1 + 1e-12)
+        assert np.all(step[w == 0] == 0)
+        best = _lp_linf(t, w, b)
+        if best is None:  # the box does not reach the hyperplane: its closest corner
+            corners += 1
+            sw = w * (1.0 if w @ t - b >= 0 else -1.0)
+            assert np.allclose(t + step, np.where(sw > 0, 0.0, np.where(sw < 0, 1.0, t)))
+        else:
+            hits += 1
+            assert abs(w @ (t + step) - b) < 1e-9
+            assert np.abs(step).max() == pytest.approx(best, abs=1e-8)
+    assert hits > 20 and corners > 0
+
+
+def test_projection_l2_is_the_least_l2_step():
+    from scipy.optimize import minimize
+    rng = np.random.default_rng(1)
+    checked = 0
+    for trial in range(40):
+        d = int(rng.integers(2, 7))
+        t = rng.random(d)
+        w = rng.normal(size=d)
+        b = float(w @ rng.random(d))
+        step = project_l2(torch.tensor(t)[None], torch.tensor(w)[None], torch.tensor([b], dtype=torch.float64))[0].numpy()
+        assert np.all(t + step >= -1e-12) and np.all(t + step <= 1 + 1e-12)
+        assert abs(w @ (t + step) - b) < 1e-9  # b is reachable here by construction
+        res = minimize(lambda v: v @ v, np.zeros(d), jac=lambda v: 2 * v, method="SLSQP",
+                       bounds=[(-ti, 1 - ti) for ti in t],
+                       constraints=[{"type": "eq", "fun": lambda v: w @ (t + v) - b, "jac": lambda v: w}],
+                       options={"ftol": 1e-14, "maxiter": 500})
+        assert res.success
+        assert np.linalg.norm(step) == pytest.approx(np.linalg.norm(res.x), rel=1e-5, abs=1e-7)
+        checked += 1
+    assert checked == 40
+
+
+# ---------------------------------------------------------------------------- compaction
+ATTACKS = [
+    ("apgd-ce-linf", lambda m, c: APGD(m, eps=0.02, steps=20, compact=c)),
+    ("apgd-dlr-l2", lambda m, c: APGD(m, norm="l2", eps=0.15, steps=20, loss="dlr", restarts=2, compact=c)),
+    ("apgd-t", lambda m, c: APGDT(m, eps=0.02, steps=10, n_target_classes=3, compact=c)),
+    ("fab", lambda m, c: FAB(m, eps=0.02, steps=10, restarts=2, compact=c)),
+    ("fab-t-l2", lambda m, c: FAB(m, norm="l2", eps=0.15, steps=10, targeted=True, n_target_classes=3, compact=c)),
+    ("square-linf", lambda m, c: Square(m, eps=0.03, queries=150, compact=c)),
+]
+
+
+@pytest.mark.parametrize("name,make", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_compacted_run_equals_full_batch_run(batch, name, make):
+    model, x, y = batch
+    a = make(model, True).run(x, y)
+    b = make(model, False).run(x, y)
+    assert torch.equal(a.robust, b.robust)
+    assert 0 < int(a.robust.sum()) < 44  # some broken, some robust: the test can fail
+    assert torch.equal(a.x_adv, b.x_adv)  # the same breaking iterate
+    assert not a.robust[:4].any()  # misclassified from the start
+    assert int(a.forward.sum()) < int(b.forward.sum())  # fewer rows computed
+    # every broken point's x_adv is misclassified and inside the ball and the box
+    broken = ~a.robust
+    with torch.no_grad():
+        assert (model(a.x_adv[broken]).argmax(1) != y[broken]).all()
+    d = (a.x_adv - x).flatten(1)
+    radius = d.abs().amax(1) if "l2" not in name else d.norm(dim=1)
+    assert float(radius.max()) <= (0.15 if "l2" in name else 0.03 if "square" in name else 0.02) + 1e-6
+    assert float(a.x_adv.min()) >= 0 and float(a.x_adv.max()) <= 1
+
+
+def test_square_l2_compacts_without_changing_results():
+    model = small_model(in_ch=3, side=16)
+    torch.manual_seed(3)
+    x = torch.rand(24, 3, 16, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    a = Square(model, norm="l2", eps=0.5, queries=200, compact=True).run(x, y)
+    b = Square(model, norm="l2", eps=0.5, queries=200, compact=False).run(x, y)
+    assert torch.equal(a.robust, b.robust) and torch.equal(a.x_adv, b.x_adv)
+    assert 0 < int(a.robust.sum()) < 24
+    assert float((a.x_adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+
+
+def test_same_seed_same_result_other_seed_other_start(batch):
+    model, x, y = batch
+    a = APGD(model, eps=0.02, steps=10, seed=5).run(x, y)
+    b = APGD(model, eps=0.02, steps=10, seed=5).run(x, y)
+    c = APGD(model, eps=0.02, steps=10, seed=6).run(x, y)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.robust, b.robust)
+    assert not torch.equal(a.x_adv, c.x_adv)
+    state = torch.random.get_rng_state()
+    Square(model, eps=0.03, queries=20).run(x, y)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+
+
+# ---------------------------------------------------------------------------- targets
+def test_apgd_t_and_fab_t_target_order(batch):
+    model, x, y = batch
+    x, y = x[4:12], y[4:12]
+    with torch.no_grad():
+        order = model(x).sort(dim=1)[1]
+    seen = []
+
+    def loss(logits, y_, tgt):
+        seen.append(tgt.clone())
+        from fastadv.losses import dlr_targeted_loss
+        return dlr_targeted_loss(logits, y_, tgt)
+    APGDT(model, eps=1e-4, steps=1, n_target_classes=4, loss=loss).run(x, y)
+    firsts = [t for t in seen if t.numel() == 8][::2]  # each run: the start and one step
+    assert [t.tolist() for t in firsts] == [order[:, -r].tolist() for r in range(2, 6)]
+
+    fab = FAB(model, eps=1e-4, steps=1, targeted=True, n_target_classes=4)
+    real, got = fab._boundary, []
+
+    def spy(xx, yy, tgt, rows):
+        got.append(tgt.clone())
+        return real(xx, yy, tgt, rows)
+    fab._boundary = spy
+    fab.run(x, y)
+    assert [t.tolist() for t in got] == [order[:, -r].tolist() for r in range(2, 6)]
+
+
+def test_targeted_modes_hit_their_targets(batch):
+    model, x, y = batch
+    x, y = x[4:], y[4:]
+    with torch.no_grad():
+        target = model(x).sort(dim=1)[1][:, -2]  # the runner-up class
+    for atk in (APGD(model, eps=0.05, steps=20), Square(model, eps=0.05, queries=100),
+                FAB(model, eps=0.05, steps=20)):
+        atk.set_mode_targeted_by_label()
+        res = atk.run(x, target)  # the labels given are the targets
+        hit = ~res.robust
+        assert hit.any(), type(atk).__name__
+        with torch.no_grad():
+            assert (model(res.x_adv[hit]).argmax(1) == target[hit]).all()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 10)).eval()  # every class reachable
+    atk = APGD(model, eps=1.0, steps=50).set_mode_targeted_least_likely()
+    with torch.no_grad():
+        least = model(x).argmin(1)
+    res = atk.run(x, y)
+    hit = ~res.robust
+    assert hit.any()
+    with torch.no_grad():
+        assert (model(res.x_adv[hit]).argmax(1) == least[hit]).all()
+    atk = APGD(model, eps=0.05, steps=5).set_mode_targeted_random()
+    res = atk.run(x, y)
+    assert res.robust.dtype == torch.bool
+
+
+def test_normalization_hook_equals_the_wrapper(batch):
+    model, x, y = batch
+    mean, std = [0.4], [0.3]
+    wrapped = fastadv.models.Normalized(model, mean, std)
+    inner = APGD(model, eps=0.02, steps=10).set_normalization_used(mean, std).run(x, y)
+    outer = APGD(wrapped, eps=0.02, steps=10).run(x, y)
+    assert torch.equal(inner.robust, outer.robust)
+    assert torch.allclose(inner.x_adv, outer.x_adv, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- AutoAttack
+class Threshold(nn.Module):
+    """Class 1 iff the mean pixel exceeds 0.5: robust iff |mean − 0.5| > ε (closed form)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(50.0))
+
+    def forward(self, x):
+        z = self.scale * (x.flatten(1).mean(1) - 0.5)
+        return torch.stack([-z, z], 1)
+
+
+def test_autoattack_finds_the_closed_form_robust_accuracy():
+    m = torch.linspace(0.05, 0.95, 30)
+    x = m.view(-1, 1, 1, 1).expand(-1, 1, 6, 6).contiguous()
+    y = (m > 0.5).long()
+    eps = 0.1
+    want = ((m - 0.5).abs() > eps)
+    aa = AutoAttack(Threshold(), eps=eps, attacks=("apgd-ce", "fab", "square"), version="custom")
+    res = aa.run(x, y)
+    assert torch.equal(res.robust, want)
+    assert res.broken_by[int((~want).nonzero()[0])] == "apgd-ce"
+    assert all(b is None for b, r in zip(res.broken_by, res.robust.tolist()) if r)
+
+
+def test_autoattack_log_costs_and_versions(batch, tmp_path):
+    model, x, y = batch
+    log = tmp_path / "aa.log"
+    aa = AutoAttack(model, eps=0.02, version="lite", log_path=str(log))
+    res = aa.run(x, y)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "using lite version including apgd-ce, apgd-t."
+    assert lines[1].startswith("initial accuracy: ")
+    assert any(line.startswith("robust accuracy after APGD-CE: ") and "total time" in line for line in lines)
+    assert lines[-2].startswith("max Linf perturbation: ") and "nan in tensor: 0" in lines[-2]
+    assert lines[-1] == f"robust accuracy: {res.robust_accuracy:.2%}"
+    assert res.accuracy["clean"] >= res.accuracy["apgd-ce"] >= res.accuracy["apgd-t"]
+    assert set(res.broken_by) <= {"clean", "apgd-ce", "apgd-t", None}
+    assert res.broken_by[:4] == ["clean"] * 4
+    # costs: a point misclassified from the start cost one forward pass; a robust one the most
+    assert res.forward[:4].tolist() == [1] * 4 and int(res.backward[:4].sum()) == 0
+    assert int(res.backward[res.robust].min()) > int(res.backward[~res.robust].max())
+    assert torch.equal(aa(x, y), res.x_adv)
+    with pytest.raises(ValueError, match="version"):
+        AutoAttack(model, version="fast")
+    with pytest.raises(ValueError, match="attacks"):
+        AutoAttack(model, attacks=("apgd-ce", "pgd"), version="custom")
+
+
+def test_autoattack_sanity_check_warnings(batch):
+    model, x, y = batch
+    x, y = x[:8], y[:8]
+    soft = nn.Sequential(model, nn.Softmax(dim=1))
+    noisy = lambda v: model(v) + 0.1 * torch.randn(v.shape[0], 10)  # noqa: E731
+
+    class Dynamic(nn.Module):
+        def forward(self, v):
+            with torch.enable_grad():
+                v2 = v.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(model(v2).sum(), v2)
+            return model(v + 0.0 * g)
+    for m, text in ((soft, "probabilities"), (noisy, "randomized"), (Dynamic(), "dynamic")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = AutoAttack(m, eps=0.01, attacks=("apgd-ce",), version="custom").run(x, y)
+        assert any(text in w for w in res.warnings), (text, res.warnings)
+        assert any(text in str(c.message) for c in caught)
+
+
+def test_inputs_checked(batch):
+    model, x, y = batch
+    with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
+        APGD(model).run(x * 255, y)
+    with pytest.raises(ValueError, match="y must have shape"):
+        APGD(model).run(x, y[:3])
+    with pytest.raises(ValueError, match="norm"):
+        APGD(model, norm="l1")
+    with pytest.raises(ValueError, match="loss"):
+        APGD(model, loss="cw")
+    with pytest.raises(ValueError, match="labels outside"):
+        APGD(model).run(x, y + 20)
+    with pytest.raises(ValueError, match="n_target_classes"):
+        APGDT(model, n_target_classes=10).run(x, y)
+    empty = APGD(model).run(x[:0], y[:0])
+    assert empty.x_adv.shape == (0, 1, 12, 12) and empty.robust.numel() == 0
+    one = AutoAttack(model, eps=0.02, version="lite").run(x[5:6], y[5:6])
+    assert one.robust.shape == (1,)
+
+
+def test_dtypes_and_channels_last(batch):
+    model, x, y = batch
+    ref = APGD(model, eps=0.02, steps=10).run(x, y)
+    cl = APGD(model, eps=0.02, steps=10).run(x.to(memory_format=torch.channels_last), y)
+    assert torch.equal(ref.robust, cl.robust)
+    m64 = small_model().double()
+    r64 = APGD(m64, eps=0.02, steps=10).run(x.double(), y)
+    assert r64.x_adv.dtype == torch.float64 and torch.equal(r64.robust, ref.robust)
+
+
+def test_square_schedule():
+    assert [p_schedule(0.8, i, 5000, False) for i in (0, 10, 11, 50, 51, 8001)] == \
+        [0.8, 0.8, 0.4, 0.4, 0.2, 0.8 / 512]
+    assert p_schedule(0.8, 2500, 5000, True) == 0.8 / 128  # rescaled: query 5000 of 10000
