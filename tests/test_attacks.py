@@ -685,8 +685,8 @@ def test_wrong_devices_cuda():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(ValueError, match=r"\by\b"):
         attacks.PGD(model)(x, y.cuda())
-    with pytest.raises(ValueError, match="model"):
-        attacks.PGD(model.cuda())(x, y)
+    x_adv = attacks.PGD(model.cuda())(x, y)  # torchattacks' habit: inputs go to the model
+    assert x_adv.device.type == "cuda"
     with pytest.raises(ValueError, match="eps"):
         attacks.PGD(model.cuda(), eps=torch.full((4,), 0.1))(x.cuda(), y.cuda())
 
@@ -762,3 +762,58 @@ def test_official_loop_port_agrees(linear_model, digits, tau):
     exits = off.updates.tolist()
     assert exits == sorted(exits)
     assert off.restore(off.x_adv).shape == x.shape
+
+
+# ---------------------------------------------------------------------------- torchattacks habits
+def _habit_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+
+
+def test_pgd_targeted_modes_reach_their_targets():
+    from fastadv.attacks import CW, PGD
+    model = _habit_model()
+    torch.manual_seed(1)
+    x = torch.rand(32, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        least = model(x).argmin(1)
+    for atk in (PGD(model, eps=1.0, alpha=0.1, steps=30), CW(model, eps=1.0, alpha=0.1, steps=30)):
+        torch.manual_seed(5)  # the random start
+        x_adv = atk.run(x, y, targets=least).x_adv
+        with torch.no_grad():
+            hit = model(x_adv).argmax(1) == least
+        assert hit.float().mean() > 0.9, type(atk).__name__
+        atk.set_mode_targeted_least_likely()
+        torch.manual_seed(5)
+        assert torch.equal(atk(x, y), x_adv)  # the mode makes the same targets
+        atk.set_mode_targeted_by_label()
+        torch.manual_seed(5)
+        assert torch.equal(atk(x, least), x_adv)  # the labels given are the targets
+    with pytest.raises(ValueError, match="no targeted mode"):
+        attacks.EarlyStopPGD(model, eps=0.1).run(x, y, targets=least)
+
+
+def test_normalization_hook_and_callable_loss():
+    from fastadv.attacks import PGD
+    model = _habit_model()
+    torch.manual_seed(2)
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.randint(0, 10, (16,))
+    from fastadv.models import Normalized
+    wrapped = Normalized(model, [0.5], [0.25])
+    torch.manual_seed(3)
+    a = PGD(model, eps=0.1, steps=5).set_normalization_used([0.5], [0.25])(x, y)
+    torch.manual_seed(3)
+    b = PGD(wrapped, eps=0.1, steps=5)(x, y)
+    assert torch.allclose(a, b, atol=1e-6)
+    seen = []
+
+    def my_ce(logits, labels):
+        seen.append(logits.shape[0])
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    torch.manual_seed(3)
+    c = PGD(model, eps=0.1, steps=5, loss=my_ce)(x, y)
+    torch.manual_seed(3)
+    d = PGD(model, eps=0.1, steps=5)(x, y)
+    assert torch.equal(c, d) and seen == [16] * 5

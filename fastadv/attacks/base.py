@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
 from ..losses import ATTACK_LOSSES, ce_loss, cw_loss, kl_loss
 from ..ops._validation import FLOAT_DTYPES, check_clip, compute_dtype, per_sample
+from .habits import TorchattacksHabits
 
 NORMS = ("linf", "l2")
 RANDOM_STARTS = ("uniform", "normal", None)
@@ -119,7 +121,7 @@ def input_range_message(x: Tensor, lo: float, hi: float) -> str:
     return f"x must lie in [{lo:g}, {hi:g}], got values in {seen}{nan}{hint}"
 
 
-class Attack:
+class Attack(TorchattacksHabits):
     """A projected-gradient attack on ``model`` (any callable mapping [N, ...] inputs in
     [clip_min, clip_max] to logits [N, C]). ``atk(x, y)`` returns the adversarial tensor,
     ``atk.run(x, y)`` an :class:`AttackResult`.
@@ -127,8 +129,16 @@ class Attack:
     The model is put in eval mode for the attack and its mode restored afterwards; gradients are
     taken w.r.t. the input only (``torch.autograd.grad``), never the parameters; ``x`` is not
     changed. Autocast (e.g. bf16) around the call applies to the model; the iterates keep ``x``'s
-    dtype. ``eps``/``alpha`` are floats or per-sample tensors [N].
+    dtype. ``eps``/``alpha`` are floats or per-sample tensors [N]. Inputs are moved to the model's
+    device. ``loss`` may be a callable ``loss(logits, y)`` → per-sample losses [N] (or their sum)
+    to maximise; ``loss(logits, y, targets)`` in a targeted mode.
+
+    Targeted (``run(x, y, targets=...)`` or a ``set_mode_targeted_*`` mode; attacks with
+    ``supports_targets``): the loss pulls each point towards its target (−CE to the target; the
+    C&W margin of the target over the others).
     """
+
+    supports_targets = False  # the early-stopping attacks judge misclassification only
 
     def __init__(self, model: Callable[[Tensor], Tensor], eps=8 / 255, alpha=2 / 255, steps: int = 10,
                  random_start="uniform", norm: str = "linf", loss: str = "ce", *,
@@ -140,8 +150,8 @@ class Attack:
         _check_scalar_or_tensor("alpha", alpha)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        if loss not in ATTACK_LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(ATTACK_LOSSES)}, got {loss!r}")
+        if not callable(loss) and loss not in ATTACK_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(ATTACK_LOSSES)} or a callable, got {loss!r}")
         self.model = model
         self.eps, self.alpha = eps, alpha
         self.steps = _check_int("steps", steps)
@@ -162,11 +172,23 @@ class Attack:
         return self.run(x, y).x_adv
 
     # ------------------------------------------------------------------ the public entry point
-    def run(self, x: Tensor, y: Tensor, check_labels: Optional[Tensor] = None) -> AttackResult:
+    def run(self, x: Tensor, y: Tensor, check_labels: Optional[Tensor] = None,
+            targets: Optional[Tensor] = None) -> AttackResult:
         """``check_labels``: the labels the checks judge against (early stopping, κ) when they
         differ from ``y``, the labels of the attack loss (NoiLIn attacks noisy labels and judges
-        the clean ones); default ``y``."""
+        the clean ones); default ``y``. ``targets`` [N]: a targeted run."""
         x_nat, y, eps, alpha = self._prepare(x, y)
+        self._targets = None
+        if targets is not None or self.target_mode != "default":
+            if not self.supports_targets:
+                raise ValueError(f"{type(self).__name__} has no targeted mode (use PGD, FGSM, CW or "
+                                 f"APGD)")
+            if targets is not None:
+                targets = _labels(targets.to(x_nat.device), x_nat, "targets")
+            with torch.no_grad(), model_eval_mode(self.model):
+                clean = self._forward(x_nat) if x_nat.shape[0] else None
+            if clean is not None:
+                self._targets, y = self._targets_and_labels(clean, y, targets)
         y_check = y if check_labels is None else _labels(check_labels, x_nat, "check_labels")
         n = x_nat.shape[0]
         if n == 0:
@@ -183,8 +205,13 @@ class Attack:
             self._flags_read = False
             self._classes = None
             self._check_labels = None if check_labels is None else y_check  # range-checked too
+            if self._targets is not None:
+                self._check_labels = self._targets if check_labels is None else \
+                    torch.cat([y_check, self._targets])
             with explain_dtype_errors(self.model, x_nat):
                 clean = self._clean_logits(x_nat) if self.loss == "kl" else None
+                if self.loss == "kl" and self._targets is not None:
+                    raise ValueError("loss='kl' (TRADES) has no targeted mode")
                 res = self._attack(x_nat, y, eps, alpha, clean, y_check)
         if not self._flags_read:
             self.host_read([])
@@ -223,12 +250,16 @@ class Attack:
             raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
         if x.dim() < 1:
             raise ValueError("x must have a batch dimension first, got a 0-dim tensor")
+        if isinstance(self.model, nn.Module):  # torchattacks' habit: inputs go where the model is
+            dev = next((p.device for p in self.model.parameters()), None)
+            if dev is not None and dev.type == "meta":
+                raise ValueError("model: its parameters are on the meta device (no data); load its "
+                                 "weights first")
+            if dev is not None and dev != x.device:
+                x = x.to(dev)
+                y = y.to(dev) if isinstance(y, Tensor) else y
         y = _labels(y, x, "y")
         n = x.shape[0]
-        if isinstance(self.model, nn.Module):
-            dev = next((p.device for p in self.model.parameters()), None)
-            if dev is not None and dev != x.device:
-                raise ValueError(f"x is on {x.device} but the model's parameters are on {dev}")
         eps = per_sample("eps", self.eps, n, x.device, compute_dtype(x))
         alpha = per_sample("alpha", self.alpha, n, x.device, compute_dtype(x))
         return x.detach(), y, eps, alpha
@@ -241,7 +272,7 @@ class Attack:
     def _clean_logits(self, x_nat: Tensor) -> Tensor:
         """TRADES' target distribution: the clean logits, computed once and detached."""
         with torch.no_grad():
-            return self.model(x_nat).detach().float()
+            return self._forward(x_nat).detach().float()
 
     def _start(self, x_nat: Tensor, eps: Tensor) -> Tensor:
         if self.norm == "l2" and self.random_start == "uniform":
@@ -263,7 +294,7 @@ class Attack:
     def _check(self, x: Tensor, y: Tensor, clean: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """One check at iterate ``x``: the detached logits and d loss / d x."""
         x = x.detach().requires_grad_(True)
-        logits = self.model(x)
+        logits = self._forward(x)
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
@@ -277,14 +308,24 @@ class Attack:
         # Until the one host read has vetted the labels, the loss must not index with one out of
         # range (on CUDA that is a device-side assert): it sees them clamped.
         y_loss = y.clamp(0, c - 1)
-        if self.loss == "ce":
-            loss = ce_loss(logits, y_loss)
+        t = None if self._targets is None else self._targets.clamp(0, c - 1)
+        if callable(self.loss):
+            loss = self.loss(logits, y_loss) if t is None else self.loss(logits, y_loss, t)
+            loss = loss.sum() if loss.dim() else loss
+        elif self.loss == "ce":
+            loss = ce_loss(logits, y_loss) if t is None else -ce_loss(logits, t)
         elif self.loss == "cw":
-            loss = cw_loss(logits, y_loss, self.confidence)
+            # targeted: the C&W margin of the target over the best other class
+            loss = cw_loss(logits, y_loss, self.confidence) if t is None else \
+                -F.relu(logits.float().scatter(1, t[:, None], float("-inf")).amax(1)
+                        - logits.float().gather(1, t[:, None]).squeeze(1) + self.confidence).sum()
         else:
             loss = kl_loss(logits, clean)
         (grad,) = torch.autograd.grad(loss, x)
         return logits.detach(), grad
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return self.model(self._normalized(x))
 
     def _noise(self, x: Tensor) -> Optional[Tensor]:
         """FAT's ω·N(0, I) term of each update, drawn on x's device (None when ω = 0)."""

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops._validation import FLOAT_DTYPES, compute_dtype
+from .habits import TorchattacksHabits
 from .base import _check_float, _check_int, _labels, explain_dtype_errors, input_range_message, model_eval_mode
 
 NORMS = ("linf", "l2")
-TARGET_MODES = ("default", "label", "random", "least_likely")
 
 
 @dataclass
@@ -60,7 +60,7 @@ def check_norm(norm) -> str:
     return key
 
 
-class EvalAttack:
+class EvalAttack(TorchattacksHabits):
     """Base of the evaluation attacks. ``atk(x, y)`` returns ``x_adv``; ``atk.run(x, y)`` an
     :class:`EvalResult`. ``x`` in [0, 1] (moved to the model's device), ``y`` int labels [N].
     ``seed`` seeds the attack's own generator at every call (the global RNG is untouched); the
@@ -78,46 +78,9 @@ class EvalAttack:
         if not isinstance(compact, bool):
             raise TypeError(f"compact must be a bool, got {type(compact).__name__}")
         self.compact = compact
-        self._mean = self._std = None
-        self.target_mode = "default"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:.4g}, seed={self.seed})"
-
-    # ------------------------------------------------------------------ torchattacks habits
-    def set_normalization_used(self, mean, std) -> "EvalAttack":
-        """The model expects (x − mean)/std: the attack works on [0, 1] images and normalises each
-        input it gives the model. ``mean``/``std``: one value per channel."""
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.shape != std.shape or mean.numel() == 0:
-            raise ValueError(f"mean and std must have one value per channel, got {tuple(mean.shape)} "
-                             f"and {tuple(std.shape)}")
-        if not bool((std > 0).all()):
-            raise ValueError("std must be > 0")
-        self._mean, self._std = mean, std
-        return self
-
-    def set_mode_default(self) -> "EvalAttack":
-        """Untargeted: a point is broken when it is misclassified."""
-        self.target_mode = "default"
-        return self
-
-    def set_mode_targeted_by_label(self) -> "EvalAttack":
-        """Targeted: ``atk(x, targets)`` takes the target classes in place of the labels; a point
-        is broken when it is classified as its target."""
-        self.target_mode = "label"
-        return self
-
-    def set_mode_targeted_random(self) -> "EvalAttack":
-        """Targeted at a random class other than the label (drawn from the attack's seed)."""
-        self.target_mode = "random"
-        return self
-
-    def set_mode_targeted_least_likely(self) -> "EvalAttack":
-        """Targeted at the class with the smallest clean logit."""
-        self.target_mode = "least_likely"
-        return self
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         return self.run(x, y).x_adv
@@ -140,10 +103,7 @@ class EvalAttack:
         with model_eval_mode(self.model), torch.enable_grad(), explain_dtype_errors(self.model, x):
             with torch.no_grad():
                 clean = self.logits(x, count=torch.arange(n, device=x.device))
-            if targets is None and self.target_mode == "label":
-                targets, y = y, clean.argmax(1)  # the labels given are the targets
-            elif targets is None and self.target_mode in ("random", "least_likely"):
-                targets = self._mode_targets(clean, y, gen)
+            targets, y = self._targets_and_labels(clean, y, targets, gen)
             if targets is not None:
                 targets = _labels(targets, x, "targets")
                 self._check_classes(clean, targets, "targets")
@@ -180,22 +140,10 @@ class EvalAttack:
         if labels.numel() and bool(((labels < 0) | (labels >= c)).any()):
             raise ValueError(f"{name} has labels outside [0, {c}) for a model with {c} classes")
 
-    def _mode_targets(self, clean: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
-        c = clean.shape[1]
-        if self.target_mode == "least_likely":
-            return clean.argmin(1)
-        # A uniform class among the C − 1 others: draw r in [0, C−1), skip over y.
-        r = (torch.rand(y.shape[0], generator=gen) * (c - 1)).long().to(y.device)
-        return r + (r >= y).long()
-
     def logits(self, x: Tensor, count: Optional[Tensor] = None) -> Tensor:
         """The model's logits at ``x`` (normalised first when ``set_normalization_used`` was
         called); ``count``: the rows' positions, whose forward counts go up by one."""
-        inp = x.to(getattr(self, "_in_dtype", x.dtype))
-        if self._mean is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            inp = (inp - self._mean.to(inp).view(shape)) / self._std.to(inp).view(shape)
-        out = self.model(inp)
+        out = self.model(self._normalized(x.to(getattr(self, "_in_dtype", x.dtype))))
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")

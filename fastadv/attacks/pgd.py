@@ -20,6 +20,8 @@ class PGD(Attack):
     k = 0 … K−1 at which the sample was classified correctly (GAIRAT's κ, at no extra cost).
     """
 
+    supports_targets = True  # no compaction: a targeted loss is all it takes
+
     def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
                 clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         x = self._start(x_nat, eps)
