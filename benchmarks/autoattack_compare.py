@@ -12,6 +12,8 @@ The official code is not on PyPI: install it (``pip install git+https://github.c
 or put its folder on PYTHONPATH; without it the benchmark says so and times fastadv alone.
 
     python -m benchmarks.autoattack_compare --points 1000 --out benchmarks/results/autoattack_mnist_cpu
+    python -m benchmarks.autoattack_compare --dataset cifar10 --device cuda --points 1000 \
+        --train 4000 --epochs 5 --no-torchattacks --out benchmarks/results/gpu/autoattack_cifar10
 """
 from __future__ import annotations
 
@@ -34,23 +36,30 @@ STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 def _model(args, tmp: Path):
     """The AT model: loaded from ``--model`` if it exists, else trained (and saved there): one
-    natural epoch (AT at ε = 0.3 does not start from random weights in a few epochs), then
-    ``--epochs`` epochs of PGD-10 AT (α = ε/4), SGD(lr, momentum 0.9), batch 64, seed 0."""
+    natural epoch, then ``--epochs`` epochs of PGD-10 AT (α = ε/4) with ε rising linearly to its
+    value, SGD(lr, momentum 0.9), batch 64 (CIFAR: 128), seed 0."""
     import torch
     from fastadv.data import BatchLoader, load_dataset
     from fastadv.models import create
     from fastadv.training import Trainer
     torch.manual_seed(0)
-    model = create("small_cnn", num_classes=10, in_channels=1)
+    mnist = args.dataset == "mnist"
+    model = create("small_cnn" if mnist else "preact_resnet18", num_classes=10,
+                   in_channels=1 if mnist else 3).to(args.device)
     if args.model and os.path.exists(args.model):
-        model.load_state_dict(torch.load(args.model, weights_only=True))
+        model.load_state_dict(torch.load(args.model, weights_only=True, map_location=args.device))
         return model.eval()
-    train = load_dataset("mnist", data_dir=str(tmp), split="train", download=False).subset(slice(0, args.train))
+    train = load_dataset(args.dataset, data_dir=str(tmp), split="train", download=False,
+                         verify=False).subset(slice(0, args.train))  # the rebuilt subset files
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    for method, epochs in (("standard", 1), ("at", args.epochs)):
-        trainer = Trainer(model, opt, method, eps=args.eps, alpha=args.eps / 4, steps=10, device="cpu",
-                          progress=False)
-        trainer.fit(BatchLoader(train, batch_size=64, seed=0), epochs=epochs, eval_every=0)
+    # ε grows to its value over the AT epochs (AT at ε = 0.3 from a fresh model collapses to a
+    # constant classifier in a few epochs).
+    ramp = [args.eps * (e + 1) / args.epochs for e in range(args.epochs)]
+    for method, eps in [("standard", args.eps)] + [("at", e) for e in ramp]:
+        trainer = Trainer(model, opt, method, eps=eps, alpha=eps / 4, steps=10,
+                          device=args.device, progress=False)
+        trainer.fit(BatchLoader(train, batch_size=64 if mnist else 128, seed=0, device=args.device),
+                    epochs=1, eval_every=0)
     model.eval()
     if args.model:
         os.makedirs(os.path.dirname(os.path.abspath(args.model)), exist_ok=True)
@@ -68,21 +77,28 @@ def _official(model, eps, attack):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", type=int, default=1000)
-    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--eps", type=float, default=None, help="default: 0.3 on MNIST, 8/255 on CIFAR-10")
     p.add_argument("--train", type=int, default=6000)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--model", default=str(REPO / "benchmarks" / "results" / ".cache" / "aa_mnist_at.pt"))
+    p.add_argument("--model", default=None, help="a state dict to load, or where to save the trained "
+                                                 "one (default: benchmarks/results/.cache/aa_<dataset>_at.pt)")
     p.add_argument("--no-torchattacks", action="store_true")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "autoattack_mnist_cpu"))
     args = p.parse_args(argv)
+    if args.eps is None:
+        args.eps = 0.3 if args.dataset == "mnist" else 8 / 255
+    if args.model is None:
+        args.model = str(REPO / "benchmarks" / "results" / ".cache" / f"aa_{args.dataset}_at.pt")
 
     import torch
     torch.set_num_threads(args.threads)
     from fastadv.attacks import AutoAttack
     from fastadv.data import load_dataset
-    from shared_data import build_mnist, shared_data_dir
+    from shared_data import build_cifar10_batches, build_mnist, shared_data_dir
     root = shared_data_dir()
     if root is None:
         print("no ../shared/data: nothing to do", file=sys.stderr)
@@ -96,11 +112,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        build_mnist(root, tmp)
+        if args.dataset == "mnist":
+            build_mnist(root, tmp)
+        else:
+            build_cifar10_batches(root, tmp)
         model = _model(args, tmp)
-        test = load_dataset("mnist", data_dir=str(tmp), split="test", download=False)
+        test = load_dataset(args.dataset, data_dir=str(tmp), split="test", download=False, verify=False)
     x = test.images[:args.points].float().div(255) if test.images.dtype == torch.uint8 else test.images[:args.points]
-    y = test.labels[:args.points].long()
+    x, y = x.to(args.device), test.labels[:args.points].long().to(args.device)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     rows = {"fastadv": {}, "official": {}}
@@ -109,7 +128,7 @@ def main(argv=None) -> int:
     for k, attack in enumerate(STANDARD):
         order = ["fastadv", "official"] if k % 2 == 0 else ["official", "fastadv"]
         for who in order:
-            if who == "official" and not have_official:
+            if who == "official" and (not have_official or args.device != "cpu"):
                 continue
             idx = robust[who].nonzero().flatten()
             t0 = time.perf_counter()
@@ -120,6 +139,8 @@ def main(argv=None) -> int:
                 extra = {}
             else:
                 res = AutoAttack(model, eps=args.eps, attacks=[attack]).run(x[idx], y[idx])
+                if args.device != "cpu":
+                    torch.cuda.synchronize()
                 still = res.robust
                 extra = {"forward": int(res.forward.sum()), "backward": int(res.backward.sum())}
             sec = time.perf_counter() - t0
@@ -127,7 +148,8 @@ def main(argv=None) -> int:
             rows[who][attack] = dict(seconds=sec, points_in=int(idx.numel()),
                                      robust_after=float(robust[who].float().mean()), **extra)
             print(f"{who:8s} {attack:8s} {sec:8.1f} s  robust {rows[who][attack]['robust_after']:.2%}", flush=True)
-    result = {"points": args.points, "eps": args.eps, "clean": float(clean.float().mean()),
+    result = {"points": args.points, "eps": args.eps, "dataset": args.dataset, "device": args.device,
+              "device_name": torch.cuda.get_device_name(0) if args.device != "cpu" else platform.processor(), "clean": float(clean.float().mean()),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.platform()} ({platform.processor() or platform.machine()})",
               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "runs": rows,

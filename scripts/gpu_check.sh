@@ -13,6 +13,9 @@
 #   backends  (d) native vs Triton per op, batch 128 and 4096          -> backends.json/.md (limit 25 s)
 #   attack    (b) PGD-10-τ vs PGD-10, time vs executed-BP ratio        -> attack.json/.md (limit 60 s)
 #   epoch     (c) AT / FAT τ=1 / plain PGD-10 loop, images/s           -> epoch.json/.md (limit 80 s)
+#   autoattack (issue #12; not in the default list: GPU_CHECK_STAGES=autoattack) PreActResNet-18
+#             AT on the CIFAR-10 subset of ../shared/data, then AutoAttack standard on 1,000 test
+#             points, per-attack seconds and passes                  -> autoattack_cifar10.json (limit 420 s)
 # Then summary.md gathers the tables. GPU_CHECK_STAGES="kernels attack" runs a subset;
 # GPU_CHECK_IMAGES sets the images per epoch measurement (default 12800: s/50k is extrapolated).
 set -uo pipefail
@@ -87,6 +90,11 @@ for stage in kernels backends attack epoch; do
     run $stage $limit $stage.log $PY -m benchmarks.gpu_check $stage --out "$OUT" --images "$IMAGES"
   fi
 done
+
+if want autoattack; then
+  run autoattack 420 autoattack.log $PY -m benchmarks.autoattack_compare --dataset cifar10 --device cuda \
+    --points 1000 --train 4000 --epochs 5 --no-torchattacks --out "$OUT/autoattack_cifar10"
+fi
 
 {
   echo "# GPU check ($(date -u +%Y-%m-%d))"

@@ -364,3 +364,16 @@ def test_square_schedule():
     assert [p_schedule(0.8, i, 5000, False) for i in (0, 10, 11, 50, 51, 8001)] == \
         [0.8, 0.8, 0.4, 0.4, 0.2, 0.8 / 512]
     assert p_schedule(0.8, 2500, 5000, True) == 0.8 / 128  # rescaled: query 5000 of 10000
+
+
+def test_bf16_autocast_is_checked_against_fp32_first(batch):
+    model, x, y = batch
+    res = AutoAttack(model, eps=0.02, attacks=("apgd-ce",), version="custom", autocast="bf16",
+                     autocast_check=24).run(x, y)
+    line = next(line for line in res.log if line.startswith("autocast bf16: APGD-CE on 24 points"))
+    assert "in fp32" in line
+    ref = AutoAttack(model, eps=0.02, attacks=("apgd-ce",), version="custom").run(x, y)
+    # bf16 is trusted only when it agreed; either way the verdicts are verified ones
+    assert abs(int(res.robust.sum()) - int(ref.robust.sum())) <= 2
+    with pytest.raises(ValueError, match="autocast"):
+        AutoAttack(model, autocast="int8")

@@ -151,6 +151,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="attacks"):
         fastadv.evaluate(model, (x, y), attacks=("pgd0",))
     with pytest.raises(TypeError, match="model"):
-        fastadv.evaluate(lambda t: t, (x, y))
+        fastadv.evaluate("model.pt", (x, y))  # a callable is accepted, a path is not
     with pytest.raises(ValueError, match="data"):
         fastadv.evaluate(model, (x, y[:3]))
