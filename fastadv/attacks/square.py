@@ -64,18 +64,21 @@ def eta_pattern(s: int, transpose: bool) -> Tensor:
 
 class _Draws:
     """The uniforms of a run's queries, ``per_query`` each, drawn from ``gen`` in chunks in the
-    official order; ``finish(q)`` leaves ``gen`` exactly as q queries drawn one by one would."""
+    official order; ``finish(q)`` leaves ``gen`` exactly as q queries drawn one by one would.
+    ``query(i)`` gives them on the CPU (the square's position: host values, no device read) and on
+    ``device`` (the signs: one copy per chunk, not one per query)."""
 
-    def __init__(self, gen: torch.Generator, per_query: int, chunk: int = 256):
-        self.gen, self.per_query, self.chunk = gen, per_query, chunk
+    def __init__(self, gen: torch.Generator, per_query: int, device, chunk: int = 256):
+        self.gen, self.per_query, self.chunk, self.device = gen, per_query, chunk, device
         self.state = gen.get_state()
         self.base, self.block = 0, torch.empty(0, per_query)
 
-    def query(self, i: int) -> Tensor:
+    def query(self, i: int) -> tuple[Tensor, Tensor]:
         if i - self.base >= self.block.shape[0]:
             self.base = i
             self.block = torch.rand(self.chunk, self.per_query, generator=self.gen)
-        return self.block[i - self.base]
+            self.block_dev = self.block.to(self.device)
+        return self.block[i - self.base], self.block_dev[i - self.base]
 
     def finish(self, used: int) -> None:
         self.gen.set_state(self.state)
@@ -170,7 +173,8 @@ class Square(EvalAttack):
         every = 1 if x_nat.device.type == "cpu" else (self.compact_every or 16)
         row_id = torch.arange(m0, device=x_nat.device)  # the row's place in this run (L2's signs)
         per_query = 2 + c if self.norm == "linf" else 5 + m0 * c
-        draws = _Draws(gen, per_query)
+        draws = _Draws(gen, per_query, x_nat.device)
+        self._patterns = {}  # (side, transposed) -> the L2 pattern on the device
         state = dict(x_nat=x_nat, x_best=x_best, y=y, tgt=tgt, margin=margin, loss=loss, row_id=row_id)
         state = rows.settle(margin <= 0, x_best, state)
         used = 0
@@ -179,10 +183,10 @@ class Square(EvalAttack):
                 break
             used = i + 1
             s = state
-            u = draws.query(i)
+            u, u_dev = draws.query(i)
             p = p_schedule(self.p_init, i, self.queries, self.rescale_schedule)
             propose = self._linf_proposal if self.norm == "linf" else self._l2_proposal
-            x_new = propose(s, u, p, n_features, c, h, w)
+            x_new = propose(s, u, u_dev, p, n_features, c, h, w)
             margin, loss = self._margin_and_loss(x_new, s["y"], s["tgt"], rows.index)
             active = s["margin"] > 0  # rows broken since the last compaction stay frozen
             better = (loss < s["loss"]) & active
@@ -195,10 +199,10 @@ class Square(EvalAttack):
             state = s
         draws.finish(used)
 
-    def _linf_proposal(self, s, u, p, n_features, c, h, w) -> Tensor:
+    def _linf_proposal(self, s, u, u_dev, p, n_features, c, h, w) -> Tensor:
         side = min(max(int(round(math.sqrt(p * n_features / c))), 1), min(h, w))
         vh, vw = _random_int(u[0], h - side), _random_int(u[1], w - side)
-        sign = _sign(u[2:2 + c]).to(device=s["x_best"].device, dtype=s["x_best"].dtype).view(1, c, 1, 1)
+        sign = _sign(u_dev[2:2 + c]).to(s["x_best"].dtype).view(1, c, 1, 1)
         x_new = s["x_best"].clone()
         win = (slice(None), slice(None), slice(vh, vh + side), slice(vw, vw + side))
         x_nat = s["x_nat"][win]
@@ -227,7 +231,13 @@ class Square(EvalAttack):
             vh += s
         return torch.clamp(x_nat + self._l2_normalize(delta) * self.eps, 0.0, 1.0)
 
-    def _l2_proposal(self, s, u, p, n_features, c, h, w) -> Tensor:
+    def _pattern(self, side: int, transpose: bool, like: Tensor) -> Tensor:
+        key = (side, transpose)
+        if key not in self._patterns:  # a handful of sizes: one host-to-device copy each
+            self._patterns[key] = eta_pattern(side, transpose).to(like).view(1, 1, side, side)
+        return self._patterns[key]
+
+    def _l2_proposal(self, s, u, u_dev, p, n_features, c, h, w) -> Tensor:
         x_nat, x_best = s["x_nat"], s["x_best"]
         delta = x_best - x_nat
         side = max(int(round(math.sqrt(p * n_features / c))), 3)
@@ -242,8 +252,8 @@ class Square(EvalAttack):
         mask[win1] = 1.0
         mask[win2] = 1.0
         norm_windows = ((delta * mask) ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()
-        pattern = eta_pattern(side, bool(u[4] > 0.5)).to(delta).view(1, 1, side, side)
-        signs = _sign(u[5:].view(-1, c)).to(delta)[s["row_id"]].view(-1, c, 1, 1)
+        pattern = self._pattern(side, bool(u[4] > 0.5), delta)
+        signs = _sign(u_dev[5:].view(-1, c)).to(delta)[s["row_id"]].view(-1, c, 1, 1)
         new = torch.ones(delta.shape[0], c, side, side, dtype=delta.dtype, device=delta.device)
         new = new * (pattern * signs) + delta[win1] / (1e-12 + norm_win1)
         budget = torch.clamp((torch.full_like(new, self.eps)) ** 2 - norm_image ** 2, min=0.0) / c
