@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..losses import ce_per_sample, ce_targeted_per_sample, dlr_loss, dlr_targeted_loss
 from .base import _check_float, _check_int
-from .eval_base import ActiveRows, EvalAttack, success
+from .eval_base import ActiveRows, EvalAttack, ranked_targets, success
 
 LOSSES = ("ce", "dlr")
 
@@ -88,8 +88,6 @@ class APGD(EvalAttack):
         res = atk.run(x, y)   # res.robust, res.forward, res.backward per point
     """
 
-    targeted_by_rank = False  # APGD-T: targets are the classes ranked 2 … n+1 by the clean logits
-
     def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, steps: int = 100,
                  restarts: int = 1, loss: Union[str, Callable] = "ce", rho: float = 0.75,
                  eot_iter: int = 1, seed: int = 0, compact: bool = True):
@@ -109,26 +107,9 @@ class APGD(EvalAttack):
         return (f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:.4g}, steps={self.steps}, "
                 f"restarts={self.restarts}, loss={loss!r}, seed={self.seed})")
 
-    # ------------------------------------------------------------------ the rounds of runs
-    def _rounds(self, clean: Tensor, targets: Optional[Tensor]):
-        """(targets for the rows, or None) per round; each round runs ``restarts`` times."""
-        yield targets
-
     def _run(self, x, y, targets, clean, gen):
-        n = x.shape[0]
-        out = x.clone()
-        robust = ~success(clean, y, targets)
         self._zero_grad_rows = 0
-        for round_targets in self._rounds(clean, targets):
-            for _ in range(self.restarts):
-                idx = robust.nonzero().flatten()  # one host read per run
-                if idx.numel() == 0:
-                    break
-                tgt = None if round_targets is None else round_targets[idx]
-                broken = torch.zeros(n, dtype=torch.bool, device=x.device)
-                self._single_run(x[idx], y[idx], tgt, idx, out, broken, gen,
-                                 judge_targets=targets)
-                robust &= ~broken
+        out, robust = super()._run(x, y, targets, clean, gen)
         if self._zero_grad_rows:
             msg = (f"{type(self).__name__}: {self._zero_grad_rows} points had a zero gradient at "
                    f"the start: gradient-based attacks may be unreliable on this model")
@@ -177,10 +158,7 @@ class APGD(EvalAttack):
         z = self._project(x + step.view(view) * direction, x_nat)
         return self._project(x + (z - x) * a + (x - x_prev) * (1 - a), x_nat)
 
-    def _single_run(self, x_nat, y, tgt, idx, out, broken, gen, judge_targets):
-        """One APGD run on the rows ``idx`` of the batch; broken rows get ``broken[idx] = True``
-        and ``out[idx] = `` their breaking iterate."""
-        targeted = judge_targets is not None  # user targets: broken = classified as the target
+    def _single_run(self, x_nat, y, tgt, idx, out, broken, gen, restart, targeted):
         checkpoints = apgd_schedule(self.steps)
         x = self._start(x_nat, gen)
         rows = ActiveRows(idx, out, broken, self.compact)
@@ -239,11 +217,5 @@ class APGDT(APGD):
     def _rounds(self, clean, targets):
         if targets is not None:  # a user-targeted run: their targets, once
             yield targets
-            return
-        c = clean.shape[1]
-        if self.n_target_classes > c - 1:
-            raise ValueError(f"n_target_classes must be at most C - 1 = {c - 1} for a model with {c} "
-                             f"classes, got {self.n_target_classes}")
-        order = clean.sort(dim=1)[1]  # ascending: column −r is the class of rank r
-        for rank in range(2, self.n_target_classes + 2):
-            yield order[:, -rank]
+        else:
+            yield from ranked_targets(clean, self.n_target_classes)

@@ -112,9 +112,35 @@ class EvalAttack(TorchattacksHabits):
         return EvalResult(x_adv.to(self._in_dtype), robust, self._forward, self._backward,
                           warnings=self.warnings)
 
+    restarts = 1
+
     def _run(self, x: Tensor, y: Tensor, targets: Optional[Tensor], clean: Tensor,
              gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(x_adv, robust) for the batch; ``clean``: the model's logits at ``x``."""
+        """(x_adv, robust) for the batch; ``clean``: the model's logits at ``x``. For each round
+        (:meth:`_rounds`: its targets), ``restarts`` runs, each on the points still robust (as the
+        official code's ``perturb``)."""
+        out = x.clone()
+        robust = ~success(clean, y, targets)
+        for round_targets in self._rounds(clean, targets):
+            for restart in range(self.restarts):
+                idx = robust.nonzero().flatten()  # one host read per run
+                if idx.numel() == 0:
+                    break
+                broken = torch.zeros_like(robust)
+                tgt = None if round_targets is None else round_targets[idx]
+                self._single_run(x[idx], y[idx], tgt, idx, out, broken, gen, restart=restart,
+                                 targeted=targets is not None)
+                robust &= ~broken
+        return out, robust
+
+    def _rounds(self, clean: Tensor, targets: Optional[Tensor]):
+        """The targets of each round of runs (None: untargeted): one round by default."""
+        yield targets
+
+    def _single_run(self, x_nat, y, tgt, idx, out, broken, gen, restart: int, targeted: bool) -> None:
+        """One run on the rows ``idx`` of the batch (``x_nat``, ``y``, ``tgt`` are theirs): each
+        row it breaks gets ``broken[idx] = True`` and ``out[idx] =`` its breaking iterate.
+        ``targeted``: the user's targets (broken = classified as ``tgt``)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared pieces
@@ -168,6 +194,18 @@ def model_device(model) -> Optional[torch.device]:
     if isinstance(model, nn.Module):
         return next((p.device for p in model.parameters()), None)
     return None
+
+
+def ranked_targets(clean: Tensor, n_target_classes: int):
+    """AutoAttack's target classes: for r = 2 … n + 1, the class with the r-th largest clean logit
+    of each row (ties as ``sort`` orders them, as the official code)."""
+    c = clean.shape[1]
+    if n_target_classes > c - 1:
+        raise ValueError(f"n_target_classes must be at most C - 1 = {c - 1} for a model with {c} "
+                         f"classes, got {n_target_classes}")
+    order = clean.sort(dim=1)[1]  # ascending: column −r is the class of rank r
+    for rank in range(2, n_target_classes + 2):
+        yield order[:, -rank]
 
 
 def success(logits: Tensor, y: Tensor, targets: Optional[Tensor]) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .base import _check_float, _check_int
-from .eval_base import ActiveRows, EvalAttack, success
+from .eval_base import ActiveRows, EvalAttack, ranked_targets, success
 
 
 # ---------------------------------------------------------------------------- the projections
@@ -102,35 +102,10 @@ class FAB(EvalAttack):
                 f"{self.restarts}, targeted={self.targeted}, seed={self.seed})")
 
     def _rounds(self, clean: Tensor, targets: Optional[Tensor]):
-        if targets is not None:
-            yield targets
-            return
-        if not self.targeted:
-            yield None
-            return
-        c = clean.shape[1]
-        if self.n_target_classes > c - 1:
-            raise ValueError(f"n_target_classes must be at most C - 1 = {c - 1} for a model with "
-                             f"{c} classes, got {self.n_target_classes}")
-        order = clean.sort(dim=-1)[1]
-        for rank in range(2, self.n_target_classes + 2):
-            yield order[:, -rank]
-
-    def _run(self, x, y, targets, clean, gen):
-        n = x.shape[0]
-        out = x.clone()
-        robust = ~success(clean, y, targets)
-        for round_targets in self._rounds(clean, targets):
-            for restart in range(self.restarts):
-                idx = robust.nonzero().flatten()
-                if idx.numel() == 0:
-                    break
-                broken = torch.zeros(n, dtype=torch.bool, device=x.device)
-                tgt = None if round_targets is None else round_targets[idx]
-                self._single_run(x[idx], y[idx], tgt, idx, out, broken, gen, restart > 0,
-                                 judge_targets=targets)
-                robust &= ~broken
-        return out, robust
+        if targets is not None or not self.targeted:
+            yield targets  # the user's targets, or untargeted
+        else:
+            yield from ranked_targets(clean, self.n_target_classes)
 
     def _boundary(self, x: Tensor, y: Tensor, tgt: Optional[Tensor], rows: Tensor):
         """(df [M, K], dg [M, K, ...]): the logit differences to the label and their gradients at
@@ -162,11 +137,12 @@ class FAB(EvalAttack):
         flat = dg.reshape(dg.shape[0], dg.shape[1], -1)
         return flat.abs().sum(-1) if self.norm == "linf" else (flat ** 2).sum(-1).sqrt()
 
-    def _single_run(self, x0, y, tgt, idx, out, broken, gen, random_start, judge_targets):
+    def _single_run(self, x0, y, tgt, idx, out, broken, gen, restart, targeted):
+        """Restarts after the first start from a random point (the official ``use_rand_start``)."""
         m = x0.shape[0]
         view = (-1,) + (1,) * (x0.dim() - 1)
         x1 = x0.clone()
-        if random_start:
+        if restart > 0:
             if self.norm == "linf":
                 t = 2 * self._rand(x0.shape, gen, x0) - 1
                 scale = t.reshape(m, -1).abs().amax(1).view(view)
@@ -178,7 +154,6 @@ class FAB(EvalAttack):
         project = project_linf if self.norm == "linf" else project_l2
         rows = ActiveRows(idx, out, broken, self.compact)
         state = dict(x1=x1, x0=x0, y=y, tgt=tgt)
-        judge = judge_targets is not None
         for _ in range(self.steps):
             if rows.m == 0:
                 break
@@ -202,7 +177,7 @@ class FAB(EvalAttack):
             x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + d2 * self.eta) * alpha).clamp(0.0, 1.0)
             with torch.no_grad():
                 logits = self.logits(x1, count=rows.index)
-            is_adv = success(logits, s["y"], s["tgt"] if judge else None)
+            is_adv = success(logits, s["y"], s["tgt"] if targeted else None)
             within = self._norm(x1 - x0).view(-1) <= self.eps
             # An adversarial iterate within ε breaks the point; others step back towards x₀.
             back = is_adv & ~within

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import _check_float, _check_int
-from .eval_base import ActiveRows, EvalAttack, success
+from .eval_base import ActiveRows, EvalAttack
 
 LOSSES = ("margin", "ce")
 
@@ -136,17 +136,7 @@ class Square(EvalAttack):
         if self.norm == "l2" and min(x.shape[2:]) < 5:
             raise ValueError(f"Square with norm='l2' needs images of at least 5x5 pixels, got "
                              f"{tuple(x.shape[2:])}")
-        out = x.clone()
-        robust = ~success(clean, y, targets)
-        for _ in range(self.restarts):
-            idx = robust.nonzero().flatten()
-            if idx.numel() == 0:
-                break
-            broken = torch.zeros_like(robust)
-            tgt = None if targets is None else targets[idx]
-            self._single_run(x[idx], y[idx], tgt, idx, out, broken, gen)
-            robust &= ~broken
-        return out, robust
+        return super()._run(x, y, targets, clean, gen)
 
     def _margin_and_loss(self, x: Tensor, y: Tensor, tgt: Optional[Tensor], rows: Tensor):
         """(margin, loss) per row: the margin is ≤ 0 exactly when the row is broken."""
@@ -160,7 +150,7 @@ class Square(EvalAttack):
         margin = z - others
         return margin, (margin if self.loss == "margin" else -F.cross_entropy(logits, y, reduction="none"))
 
-    def _single_run(self, x_nat, y, tgt, idx, out, broken, gen):
+    def _single_run(self, x_nat, y, tgt, idx, out, broken, gen, restart, targeted):
         m0, c, h, w = x_nat.shape
         n_features = c * h * w
         # The start: L∞ vertical stripes of ±ε; L2 a grid of ±pattern squares scaled to ε.
