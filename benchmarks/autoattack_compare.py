@@ -74,6 +74,39 @@ def _official(model, eps, attack):
     return aa
 
 
+def write_markdown(result: dict, path: str) -> None:
+    """The per-attack table of a result (official, fastadv, their ratio) as Markdown."""
+    runs = result["runs"]
+    have_official = bool(runs.get("official"))
+    lines = [f"# AutoAttack (standard, L∞, ε = {result['eps']:.4g}): fastadv against the official code", "",
+             f"{result['points']} {result.get('dataset', 'mnist')} test points, clean accuracy "
+             f"{result['clean']:.2%}; torch {result['torch']}, {result['threads']} thread(s), "
+             f"{result['machine']}, {result['date']}. Each attack runs on the points still robust "
+             f"after the previous ones; the two codes alternate attack by attack.", "",
+             "| attack | points in | official s | fastadv s | ratio | official robust | fastadv robust "
+             "| fastadv fwd | fastadv bwd |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for attack, f in runs["fastadv"].items():
+        o = runs["official"].get(attack, {}) if have_official else {}
+        ratio = f"{o['seconds'] / f['seconds']:.2f}×" if o else "-"
+        lines.append(f"| {attack} | {f['points_in']} | {o.get('seconds', float('nan')):.1f} | "
+                     f"{f['seconds']:.1f} | {ratio} | {o.get('robust_after', float('nan')):.2%} | "
+                     f"{f['robust_after']:.2%} | {f.get('forward', 0)} | {f.get('backward', 0)} |")
+    if result.get("partial"):
+        lines += ["", "(Partial: written after each attack; the run had not reached the end.)"]
+    if have_official:
+        tot_o, tot_f = result["official_seconds"], result["fastadv_seconds"]
+        lines += ["", f"Total: official {tot_o:.1f} s, fastadv {tot_f:.1f} s ({tot_o / tot_f:.2f}× faster); "
+                      f"robust accuracy official {result['official_robust']:.2%}, fastadv "
+                      f"{result['fastadv_robust']:.2%}; the same points robust: "
+                      f"{result['agree_point_for_point']}."]
+    if "torchattacks" in result:
+        t = result["torchattacks"]
+        lines += ["", f"torchattacks {t['version']} `AutoAttack(version='standard')`: {t['seconds']:.1f} s, "
+                      f"robust accuracy {t['robust']:.2%} (its own settings, not the official ones)."]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", type=int, default=1000)
@@ -148,13 +181,8 @@ def main(argv=None) -> int:
             rows[who][attack] = dict(seconds=sec, points_in=int(idx.numel()),
                                      robust_after=float(robust[who].float().mean()), **extra)
             print(f"{who:8s} {attack:8s} {sec:8.1f} s  robust {rows[who][attack]['robust_after']:.2%}", flush=True)
-    result = {"points": args.points, "eps": args.eps, "dataset": args.dataset, "device": args.device,
-              "device_name": torch.cuda.get_device_name(0) if args.device != "cpu" else platform.processor(), "clean": float(clean.float().mean()),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": f"{platform.platform()} ({platform.processor() or platform.machine()})",
-              "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "runs": rows,
-              "agree_point_for_point": (bool((robust["fastadv"] == robust["official"]).all())
-                                        if have_official else None)}
+        _save(args, model_info(args, clean, rows, robust, have_official), partial=True)
+    result = model_info(args, clean, rows, robust, have_official)
     if not args.no_torchattacks:
         try:
             import torchattacks
@@ -167,15 +195,34 @@ def main(argv=None) -> int:
                                       "robust": float(ta_robust.float().mean())}
         except ImportError:
             print("torchattacks is not installed: skipped", file=sys.stderr)
+    _save(args, result, partial=False)
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    return 0
+
+
+def model_info(args, clean, rows, robust, have_official) -> dict:
+    import torch
+    result = {"points": args.points, "eps": args.eps, "dataset": args.dataset, "device": args.device,
+              "device_name": torch.cuda.get_device_name(0) if args.device != "cpu" else platform.processor(), "clean": float(clean.float().mean()),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": f"{platform.platform()} ({platform.processor() or platform.machine()})",
+              "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "runs": rows,
+              "agree_point_for_point": (bool((robust["fastadv"] == robust["official"]).all())
+                                        if have_official else None)}
     for who in rows:
         if rows[who]:
             result[f"{who}_seconds"] = sum(r["seconds"] for r in rows[who].values())
             result[f"{who}_robust"] = float(robust[who].float().mean())
+    return result
+
+
+def _save(args, result: dict, partial: bool) -> None:
+    """The JSON and the table, rewritten after every attack (a run cut short keeps its figures)."""
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    result = dict(result, partial=partial)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
-    return 0
+    write_markdown(result, args.out + ".md")
 
 
 if __name__ == "__main__":

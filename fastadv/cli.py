@@ -263,6 +263,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="L-inf radius (default: the checkpoint's training eps)")
     e.add_argument("--alpha", type=_number, default=None,
                    help="step of the pgdK/cwK attacks (default: the run's --eval-alpha, else eps/4)")
+    e.add_argument("--pgd-plus-alpha", type=_number, default=None,
+                   help="step of pgd+ (default 0.01 * eps / 0.031: the official 0.01 at eps 0.031)")
     e.add_argument("--any-iterate", action=argparse.BooleanOptionalAction, default=False,
                    help="count a sample as broken at its first misclassified iterate (stronger, "
                         "cheaper); default: score the final iterate")
@@ -376,7 +378,8 @@ def _cmd_eval(args, device) -> int:
     evaluate(model, data, attacks=attacks, eps=eps, any_iterate=args.any_iterate,
              batch_size=args.batch_size, max_samples=args.max_samples, device=device, out=out,
              distributed=True, progress=args.progress,
-             alpha=args.alpha if args.alpha is not None else meta.get("eval_alpha"))
+             alpha=args.alpha if args.alpha is not None else meta.get("eval_alpha"),
+             pgd_plus_alpha=args.pgd_plus_alpha)
     if main:
         print(f"wrote {out}")
     return 0

@@ -122,15 +122,20 @@ class PGDPlus(PGDEval):
 
 
 class AutoAttackEval(Evaluation):
-    """AutoAttack (a version, or one of its attacks alone) on each batch, seed 0."""
+    """AutoAttack (a version, or one of its attacks alone), seed 0, on each evaluation batch as
+    one AutoAttack batch (the official code batches the robust points of the whole set by 250:
+    the random starts differ, the protocol does not); the sanity checks run on the first batch."""
 
     def __init__(self, name: str, version: str = "standard", attacks: Optional[tuple] = None):
         self.name, self.version, self.attacks = name, version, attacks
+        self.checked = False
 
     def robust(self, model, x, y, eps, any_iterate):
         from .attacks import AutoAttack
         aa = AutoAttack(model, eps=eps, version="custom" if self.attacks else self.version,
-                        attacks=self.attacks, seed=0)
+                        attacks=self.attacks, seed=0, batch_size=max(1, x.shape[0]),
+                        sanity_checks=not self.checked)
+        self.checked = True
         return aa.run(x, y).robust
 
 
@@ -265,29 +270,34 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
              *, any_iterate: bool = False, batch_size: int = 256, max_samples: Optional[int] = None,
              device=None, out: Optional[str] = None, verbose: bool = True,
              distributed: bool = False, progress: Optional[bool] = False,
-             alpha: Optional[float] = None) -> Dict:
+             alpha: Optional[float] = None, pgd_plus_alpha: Optional[float] = None) -> Dict:
     """Accuracy (percent) of ``model`` (an ``nn.Module`` or any callable returning logits) under
     each of ``attacks``: names (see the module doc) or attack objects (``atk(x, y)`` → x_adv).
     ``progress``: a bar over the batches (``None``: only when stdout is a terminal). ``alpha``:
-    the step of the pgdK, cwK and pgd+ attacks instead of their defaults (the official FAT-TRADES
-    and FAT-MART scripts evaluate with 0.003)."""
+    the step of the pgdK and cwK attacks instead of ε/4 (the official FAT-TRADES and FAT-MART
+    scripts evaluate with 0.003); ``pgd_plus_alpha``: pgd+'s step instead of 0.01·ε/0.031."""
     if not callable(model):
         raise TypeError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
-    if isinstance(attacks, str) or not isinstance(attacks, (list, tuple)):
-        attacks = (attacks,)
+    if isinstance(attacks, str) or not isinstance(attacks, Iterable) or isinstance(attacks, nn.Module):
+        attacks = (attacks,)  # one name or one attack object
     specs = {}
     for a in attacks:
         spec = parse_attack(a)
-        specs[a if isinstance(a, str) else spec.name] = spec
+        key, k = (a if isinstance(a, str) else spec.name), 2
+        while key in specs:  # two attack objects of one class: PGD, PGD#2
+            key, k = f"{spec.name}#{k}", k + 1
+        specs[key] = spec
     if not specs:
         raise ValueError("attacks: give at least one attack")
-    if alpha is not None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
-                or alpha <= 0:
-            raise ValueError(f"alpha must be a finite number > 0 or None (eps/4), got {alpha!r}")
+    for opt, value, kind in (("alpha", alpha, PGDEval), ("pgd_plus_alpha", pgd_plus_alpha, PGDPlus)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            raise ValueError(f"{opt} must be a finite number > 0 or None (the default), got {value!r}")
         for spec in specs.values():
-            if isinstance(spec, PGDEval):
-                spec.fix_alpha(alpha)
+            if isinstance(spec, kind) and (kind is PGDPlus) == isinstance(spec, PGDPlus):
+                spec.fix_alpha(value)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:

@@ -245,9 +245,15 @@ def test_targeted_modes_hit_their_targets(batch):
     assert hit.any()
     with torch.no_grad():
         assert (model(res.x_adv[hit]).argmax(1) == least[hit]).all()
-    atk = APGD(model, eps=0.05, steps=5).set_mode_targeted_random()
-    res = atk.run(x, y)
-    assert res.robust.dtype == torch.bool
+    res = APGD(model, eps=1.0, steps=50, seed=3).set_mode_targeted_random().run(x, y)
+    g = torch.Generator().manual_seed(3)  # the attack's first draw: one class among the 9 others
+    r = (torch.rand(x.shape[0], generator=g) * 9).long()
+    want = r + (r >= y).long()
+    assert (want != y).all()
+    hit = ~res.robust
+    assert hit.any()
+    with torch.no_grad():
+        assert (model(res.x_adv[hit]).argmax(1) == want[hit]).all()
 
 
 def test_normalization_hook_equals_the_wrapper(batch):
@@ -377,3 +383,29 @@ def test_bf16_autocast_is_checked_against_fp32_first(batch):
     assert abs(int(res.robust.sum()) - int(ref.robust.sum())) <= 2
     with pytest.raises(ValueError, match="autocast"):
         AutoAttack(model, autocast="int8")
+
+
+def test_low_precision_inputs_stay_in_the_ball(batch):
+    model, x, y = batch
+    mb = small_model().to(torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    for norm, eps in (("linf", 8 / 255), ("l2", 0.3)):
+        res = APGD(mb, norm=norm, eps=eps, steps=20).run(xb, y)
+        assert res.x_adv.dtype == torch.bfloat16
+        d = (res.x_adv.double() - xb.double()).flatten(1)
+        radius = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert float(radius.max()) <= eps + 1e-12
+        broken = ~res.robust
+        assert broken.any()
+        with torch.no_grad():
+            assert (mb(res.x_adv[broken]).argmax(1) != y[broken]).all()
+
+
+def test_square_l2_on_sizes_the_official_grid_overruns():
+    model = small_model(in_ch=1, side=12)
+    torch.manual_seed(4)
+    x = torch.rand(6, 1, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = Square(model, norm="l2", eps=0.5, queries=30).run(x, y)
+    assert float((res.x_adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5

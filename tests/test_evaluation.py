@@ -68,10 +68,16 @@ def test_autoattack_and_attack_objects_in_evaluate(means_data):
     model = Threshold()
     eps = 0.1
     want = expected_robust(m, y, eps)
-    r = fastadv.evaluate(model, (x, y), attacks=("apgd-ce", "square", fastadv.attacks.FAB(model, eps=eps)),
-                         eps=eps, batch_size=16, verbose=False)
-    assert r["accuracy"]["apgd-ce"] == pytest.approx(want)
-    assert r["accuracy"]["square"] >= want and r["accuracy"]["FAB"] >= want
+    fab = fastadv.attacks.FAB(model, eps=eps)
+    r = fastadv.evaluate(model, (x, y), attacks={"apgd-ce": 0, "square": 0, fab: 0, fastadv.attacks.FAB(model, eps=eps, steps=3): 0}.keys(),
+                         eps=eps, batch_size=16, verbose=False, alpha=0.003)
+    for name in ("apgd-ce", "square", "FAB", "FAB#2"):  # any iterable of names and attack objects
+        assert r["accuracy"][name] == pytest.approx(want), name
+    assert "notes" not in r  # alpha is the pgdK/cwK step; it does not touch pgd+
+    r = fastadv.evaluate(model, (x, y), attacks=("pgd+",), eps=eps, verbose=False, alpha=0.003)
+    assert "0.01 * eps / 0.031" in r["notes"][0]
+    r = fastadv.evaluate(model, (x, y), attacks=("pgd+",), eps=eps, verbose=False, pgd_plus_alpha=0.02)
+    assert r["notes"] == ["pgd+: step alpha = 0.02 (given)"]
     fn = lambda v: model(v)  # noqa: E731  (not an nn.Module)
     r2 = fastadv.evaluate(fn, (x, y), attacks=("natural", "pgd20"), eps=eps, verbose=False)
     assert r2["accuracy"]["pgd20"] == pytest.approx(want)

@@ -55,7 +55,9 @@ class AutoAttack(EvalAttack):
     ``verbose`` (print the official log's lines), ``log_path`` (append them to a file);
     ``progress`` (a bar; None: when stdout is a terminal); ``compact`` (False: every iteration on
     every row, for comparison); ``autocast="bf16"`` (the model under bf16 autocast, used only
-    if APGD-CE with it agrees with fp32 on the first ``autocast_check`` points).
+    if APGD-CE with it agrees with fp32 on the first ``autocast_check`` points; the clean pass and
+    the re-check of broken points stay in fp32); ``sanity_checks`` (False skips the official
+    checks, e.g. on every batch after the first).
 
     Example::
 
@@ -67,7 +69,8 @@ class AutoAttack(EvalAttack):
     def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, version: str = "standard",
                  seed: int = 0, *, attacks: Optional[Sequence[str]] = None, batch_size: int = 250,
                  verbose: bool = False, log_path: Optional[str] = None, progress: Optional[bool] = False,
-                 compact: bool = True, autocast: Optional[str] = None, autocast_check: int = 200):
+                 compact: bool = True, autocast: Optional[str] = None, autocast_check: int = 200,
+                 sanity_checks: bool = True):
         super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact)
         if attacks is not None:
             attacks = tuple(a.lower() for a in attacks)
@@ -89,6 +92,7 @@ class AutoAttack(EvalAttack):
         if autocast not in AUTOCAST:
             raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
         self.autocast, self.autocast_check = autocast, autocast_check
+        self.sanity_checks = bool(sanity_checks)
         plus = version == "plus"
         kw = dict(norm=self.norm, eps=self.eps, seed=seed, compact=compact)
         eot = 20 if version == "rand" else 1
@@ -118,7 +122,7 @@ class AutoAttack(EvalAttack):
                              "use APGD, FAB or Square for a targeted attack")
         x, y = self._inputs(x, y)
         n = x.shape[0]
-        self._in_dtype = x.dtype
+        self._in_dtype, self._device_type = x.dtype, x.device.type
         self._forward = torch.zeros(n, dtype=torch.int64, device=x.device)
         self._backward = torch.zeros_like(self._forward)
         self.warnings, self._log = [], []
@@ -128,9 +132,11 @@ class AutoAttack(EvalAttack):
         attacks = list(self.attacks)
         self._say(f"using {self.version} version including {', '.join(attacks)}.")
         from ..training.logging import progress_bar, use_progress
-        with self._autocast_for(x, y):
-            self._sanity_checks(x[:self.batch_size], y[:self.batch_size])
+        with self._eval_mode():  # the model's modes are restored after the run
+            if self.sanity_checks:
+                self._sanity_checks(x[:self.batch_size], y[:self.batch_size])
             robust = self._clean_pass(x, y)
+            self._autocast_ok = self._check_autocast(x, y)
             accuracy = {"clean": float(robust.float().mean())}
             self._say(f"initial accuracy: {accuracy['clean']:.2%}")
             broken_by = [None if r else "clean" for r in robust.tolist()]
@@ -163,12 +169,12 @@ class AutoAttack(EvalAttack):
         n_batches = math.ceil(idx.numel() / self.batch_size)
         for b in range(n_batches):
             rows = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            res = sub.run(x[rows], y[rows])
+            with self._autocast_ctx():
+                res = sub.run(x[rows], y[rows])
             self._forward[rows] += res.forward
             self._backward[rows] += res.backward
             for w in res.warnings:
-                if w not in self.warnings:
-                    self.warnings.append(w)
+                self._warn(w, emit=False)  # the attack has already warned
             claimed = (~res.robust).nonzero().flatten()
             fooled = 0
             if claimed.numel():
@@ -189,7 +195,7 @@ class AutoAttack(EvalAttack):
 
     def _clean_pass(self, x: Tensor, y: Tensor) -> Tensor:
         robust = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        with torch.no_grad(), self._eval_mode():
+        with torch.no_grad():
             for lo in range(0, x.shape[0], self.batch_size):
                 rows = torch.arange(lo, min(lo + self.batch_size, x.shape[0]), device=x.device)
                 logits = self.logits(x[rows], count=rows)
@@ -212,12 +218,13 @@ class AutoAttack(EvalAttack):
             with open(self.log_path, "a") as f:
                 f.write(line + "\n")
 
-    def _warn(self, msg: str) -> None:
+    def _warn(self, msg: str, emit: bool = True) -> None:
         if msg in self.warnings:
             return
         self.warnings.append(msg)
         self._say(f"Warning: {msg}")
-        warnings.warn(msg, stacklevel=3)
+        if emit:
+            warnings.warn(msg, stacklevel=3)
 
     # ------------------------------------------------------------------ the official sanity checks
     def _sanity_checks(self, x: Tensor, y: Tensor) -> None:
@@ -275,28 +282,33 @@ class AutoAttack(EvalAttack):
                            f"attack)")
 
     # ------------------------------------------------------------------ bf16 autocast
-    @contextlib.contextmanager
-    def _autocast_for(self, x: Tensor, y: Tensor):
-        """The model under autocast for the whole run, once APGD-CE with it has matched fp32 on
-        the first ``autocast_check`` points (else fp32, with a warning)."""
-        dtype = AUTOCAST[self.autocast]
-        if dtype is None:
-            yield
-            return
+    def _check_autocast(self, x: Tensor, y: Tensor) -> bool:
+        """Whether the attacks may run the model under ``autocast``: APGD-CE with it must agree
+        with fp32 on the first ``autocast_check`` points (else fp32, with a warning). The clean
+        pass and the re-check of every broken point stay in fp32."""
+        if self.autocast is None:
+            return False
         m = min(self.autocast_check, x.shape[0])
         probe = APGD(self.model, norm=self.norm, eps=self.eps, seed=self.seed)
         if self._mean is not None:
             probe.set_normalization_used(self._mean, self._std)
-        ref = probe.run(x[:m], y[:m]).robust
-        with torch.autocast(x.device.type, dtype=dtype):
-            low = probe.run(x[:m], y[:m]).robust
+        runs = [probe.run(x[:m], y[:m])]
+        with torch.autocast(x.device.type, dtype=AUTOCAST[self.autocast]):
+            runs.append(probe.run(x[:m], y[:m]))
+        for r in runs:  # the probe's passes are part of the run's cost
+            self._forward[:m] += r.forward
+            self._backward[:m] += r.backward
+        ref, low = runs[0].robust, runs[1].robust
         differ = int((ref != low).sum())
         self._say(f"autocast {self.autocast}: APGD-CE on {m} points gives {int(low.sum())} robust "
                   f"against {int(ref.sum())} in fp32 ({differ} points differ)")
         if differ > max(1, m // 100):
             self._warn(f"autocast {self.autocast} disagrees with fp32 on {differ} of {m} points: "
                        f"running in fp32")
-            yield
-            return
-        with torch.autocast(x.device.type, dtype=dtype):
-            yield
+            return False
+        return True
+
+    def _autocast_ctx(self):
+        if not getattr(self, "_autocast_ok", False):
+            return contextlib.nullcontext()
+        return torch.autocast(self._device_type, dtype=AUTOCAST[self.autocast])

@@ -109,8 +109,36 @@ class EvalAttack(TorchattacksHabits):
                 self._check_classes(clean, targets, "targets")
             self._check_classes(clean, y, "y")
             x_adv, robust = self._run(x, y, targets, clean, gen)
-        return EvalResult(x_adv.to(self._in_dtype), robust, self._forward, self._backward,
-                          warnings=self.warnings)
+            x_adv, robust = self._in_input_dtype(x_adv, x, robust, y, targets)
+        return EvalResult(x_adv, robust, self._forward, self._backward, warnings=self.warnings)
+
+    def _in_input_dtype(self, x_adv: Tensor, x: Tensor, robust: Tensor, y: Tensor,
+                        targets: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """``x_adv`` in x's dtype. The model saw each iterate rounded to a float16/bfloat16 input
+        dtype, which can be one rounding step outside the ε-ball: such points are pulled back
+        inside (rounding towards x) and checked again; one no longer broken counts as robust."""
+        r = x_adv.to(self._in_dtype)
+        if self._in_dtype not in (torch.float16, torch.bfloat16):
+            return r, robust
+        lowp = self._in_dtype
+        if self.norm == "linf":
+            hi, lo = (x + self.eps).to(lowp), (x - self.eps).to(lowp)
+            hi = torch.where(hi.float() > x + self.eps, torch.nextafter(hi, torch.zeros_like(hi)), hi)
+            lo = torch.where(lo.float() < x - self.eps, torch.nextafter(lo, torch.ones_like(lo)), lo)
+            fixed = torch.min(torch.max(r, lo), hi)
+        else:
+            d = r.float() - x
+            norm = self._norm(d)
+            fixed = torch.where(norm > self.eps, (x + d * (self.eps / norm) * 0.99).to(lowp), r)
+            fixed = torch.where(self._norm(fixed.float() - x) > self.eps, x.to(lowp), fixed)
+        moved = ((fixed != r).flatten(1).any(1) & ~robust).nonzero().flatten()
+        if moved.numel():
+            with torch.no_grad():
+                logits = self.logits(fixed[moved].float(), count=moved)
+            still = success(logits, y[moved], None if targets is None else targets[moved])
+            robust[moved[~still]] = True
+            fixed[moved[~still]] = x[moved[~still]].to(lowp)
+        return fixed, robust
 
     restarts = 1
 
@@ -229,18 +257,25 @@ class ActiveRows:
         self.m = index.shape[0]
         self.done = None if compact else torch.zeros(self.m, dtype=torch.bool, device=index.device)
 
-    def settle(self, leave: Tensor, x_iter: Tensor, state: dict) -> dict:
+    def settle(self, leave: Tensor, x_iter: Tensor, state: dict, verdict: Optional[Tensor] = None) -> dict:
+        """``verdict``: which leaving rows are broken (default: all; Square stops a row at margin
+        0, where the model's argmax may still be right)."""
+        hit = leave if verdict is None else leave & verdict
         if not self.compact:
             new = leave & ~self.done
             view = (-1,) + (1,) * (x_iter.dim() - 1)
-            self.out[self.index] = torch.where(new.view(view), x_iter.to(self.out.dtype), self.out[self.index])
-            self.broken[self.index] |= leave
+            self.out[self.index] = torch.where((new & hit).view(view), x_iter.to(self.out.dtype),
+                                               self.out[self.index])
+            self.broken[self.index] |= new & hit
             self.done |= leave
             return state
         dest, m = ops.compaction_plan(leave)  # the one host read
         if m == self.m:
             return state
-        self.broken[self.index] |= leave
+        self.broken[self.index] |= hit
+        if verdict is not None:  # a row that stops unbroken keeps its input as x_adv
+            view = (-1,) + (1,) * (x_iter.dim() - 1)
+            x_iter = torch.where((leave & ~hit).view(view), self.out[self.index].to(x_iter.dtype), x_iter)
         ops.compact_rows(x_iter.to(self.out.dtype), dest, m, index=self.index, leavers=self.out, check=False)
         state = {k: (None if v is None else ops.compact_rows(v, dest, m, check=False))
                  for k, v in state.items()}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import _check_float, _check_int
-from .eval_base import ActiveRows, EvalAttack
+from .eval_base import ActiveRows, EvalAttack, success
 
 LOSSES = ("margin", "ce")
 
@@ -139,16 +139,19 @@ class Square(EvalAttack):
         return super()._run(x, y, targets, clean, gen)
 
     def _margin_and_loss(self, x: Tensor, y: Tensor, tgt: Optional[Tensor], rows: Tensor):
-        """(margin, loss) per row: the margin is ≤ 0 exactly when the row is broken."""
+        """(margin, loss, broken) per row: a row stops at margin ≤ 0 (the official rule); whether
+        it is broken is the model's argmax there (a tie at margin 0 may still be correct)."""
         with torch.no_grad():  # queries only: no graph
             logits = self.logits(x, count=rows).float()
         label = y if tgt is None else tgt
         z = logits.gather(1, label[:, None]).squeeze(1)
         others = logits.scatter(1, label[:, None], float("-inf")).amax(1)
-        if tgt is not None:  # targeted: broken once the target's logit is the largest
-            return others - z, F.cross_entropy(logits, tgt, reduction="none")
+        broken = success(logits, y, tgt)
+        if tgt is not None:  # targeted: done once the target's logit is the largest
+            return others - z, F.cross_entropy(logits, tgt, reduction="none"), broken
         margin = z - others
-        return margin, (margin if self.loss == "margin" else -F.cross_entropy(logits, y, reduction="none"))
+        loss = margin if self.loss == "margin" else -F.cross_entropy(logits, y, reduction="none")
+        return margin, loss, broken
 
     def _single_run(self, x_nat, y, tgt, idx, out, broken, gen, restart, targeted):
         m0, c, h, w = x_nat.shape
@@ -159,14 +162,15 @@ class Square(EvalAttack):
         else:
             x_best = self._l2_start(x_nat, gen)
         rows = ActiveRows(idx, out, broken, self.compact)
-        margin, loss = self._margin_and_loss(x_best, y, tgt, rows.index)
+        margin, loss, wrong = self._margin_and_loss(x_best, y, tgt, rows.index)
         every = 1 if x_nat.device.type == "cpu" else (self.compact_every or 16)
         row_id = torch.arange(m0, device=x_nat.device)  # the row's place in this run (L2's signs)
         per_query = 2 + c if self.norm == "linf" else 5 + m0 * c
         draws = _Draws(gen, per_query, x_nat.device)
         self._patterns = {}  # (side, transposed) -> the L2 pattern on the device
-        state = dict(x_nat=x_nat, x_best=x_best, y=y, tgt=tgt, margin=margin, loss=loss, row_id=row_id)
-        state = rows.settle(margin <= 0, x_best, state)
+        state = dict(x_nat=x_nat, x_best=x_best, y=y, tgt=tgt, margin=margin, loss=loss, row_id=row_id,
+                     wrong=wrong)
+        state = rows.settle(margin <= 0, x_best, state, verdict=wrong)
         used = 0
         for i in range(self.queries):
             if rows.m == 0:
@@ -177,15 +181,16 @@ class Square(EvalAttack):
             p = p_schedule(self.p_init, i, self.queries, self.rescale_schedule)
             propose = self._linf_proposal if self.norm == "linf" else self._l2_proposal
             x_new = propose(s, u, u_dev, p, n_features, c, h, w)
-            margin, loss = self._margin_and_loss(x_new, s["y"], s["tgt"], rows.index)
+            margin, loss, wrong = self._margin_and_loss(x_new, s["y"], s["tgt"], rows.index)
             active = s["margin"] > 0  # rows broken since the last compaction stay frozen
             better = (loss < s["loss"]) & active
             s["loss"] = torch.where(better, loss, s["loss"])
             better = better | ((margin <= 0) & active)
             s["margin"] = torch.where(better, margin, s["margin"])
             s["x_best"] = torch.where(better.view(-1, 1, 1, 1), x_new, s["x_best"])
+            s["wrong"] = torch.where(better, wrong, s["wrong"])
             if (i + 1) % every == 0 or i + 1 == self.queries:
-                s = rows.settle(s["margin"] <= 0, s["x_best"], s)
+                s = rows.settle(s["margin"] <= 0, s["x_best"], s, verdict=s["wrong"])
             state = s
         draws.finish(used)
 
@@ -211,9 +216,10 @@ class Square(EvalAttack):
         s = h // 5
         start = (h - s * 5) // 2
         vh = start
-        for _ in range(h // s):
+        # The official grid overruns sizes such as 12×12 (it fails there); stop at the border.
+        for _ in range(min(h // s, (h - start) // s)):
             vw = start
-            for _ in range(w // s):
+            for _ in range(min(w // s, (w - start) // s)):
                 pattern = eta_pattern(s, bool(torch.rand(1, generator=gen) > 0.5)).to(x_nat)
                 sign = _sign(self._rand([m0, c, 1, 1], gen, x_nat))
                 delta[:, :, vh:vh + s, vw:vw + s] += pattern.view(1, 1, s, s) * sign

@@ -81,7 +81,7 @@ def train(method=None, tau=None, **options) -> TrainResult:
     batch_size, lr, lr_schedule, momentum, weight_decay, eps, alpha, steps, the methods' own tau,
     omega, beta, lam, weight_func, gair_start, noise_type, noise_min, noise_max, loss_weights,
     random_start, extra_data, extra_fraction, augment, train_samples, eval_samples, eval_every,
-    eval_alpha, train_nat_acc, seed, device, amp, channels_last, compile, sync_bn, out_dir,
+    eval_alpha, eval_autoattack, train_nat_acc, seed, device, amp, channels_last, compile, sync_bn, out_dir,
     resume, overwrite, threads, verify_data, progress, verbose). Under ``torchrun`` (``WORLD_SIZE > 1``) the run is
     distributed (see the module doc).
 
