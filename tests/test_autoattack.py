@@ -409,3 +409,16 @@ def test_square_l2_on_sizes_the_official_grid_overruns():
         y = model(x).argmax(1)
     res = Square(model, norm="l2", eps=0.5, queries=30).run(x, y)
     assert float((res.x_adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+
+
+def test_square_callable_loss_is_maximised(batch):
+    model, x, y = batch
+    seen = []
+
+    def margin(logits, labels):  # the negated built-in margin: maximising it = the built-in search
+        seen.append(logits.shape[0])
+        z = logits.gather(1, labels[:, None]).squeeze(1)
+        return -(z - logits.scatter(1, labels[:, None], float("-inf")).amax(1))
+    a = Square(model, eps=0.03, queries=60, loss=margin).run(x, y)
+    b = Square(model, eps=0.03, queries=60).run(x, y)
+    assert seen and torch.equal(a.robust, b.robust) and torch.equal(a.x_adv, b.x_adv)

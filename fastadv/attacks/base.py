@@ -184,12 +184,12 @@ class Attack(TorchattacksHabits):
                 raise ValueError(f"{type(self).__name__} has no targeted mode (use PGD, FGSM, CW or "
                                  f"APGD)")
             if targets is not None:
-                targets = _labels(targets.to(x_nat.device), x_nat, "targets")
+                targets = _labels(_on(targets, x_nat), x_nat, "targets")
             with torch.no_grad(), model_eval_mode(self.model):
                 clean = self._forward(x_nat) if x_nat.shape[0] else None
             if clean is not None:
                 self._targets, y = self._targets_and_labels(clean, y, targets)
-        y_check = y if check_labels is None else _labels(check_labels, x_nat, "check_labels")
+        y_check = y if check_labels is None else _labels(_on(check_labels, x_nat), x_nat, "check_labels")
         n = x_nat.shape[0]
         if n == 0:
             z = torch.zeros(0, dtype=torch.int64, device=x_nat.device)
@@ -339,6 +339,11 @@ class Attack(TorchattacksHabits):
         with torch.no_grad():
             return step(x, grad, x_nat, eps, alpha, self.clip_min, self.clip_max,
                         noise=self._noise(x), check=False)
+
+
+def _on(t, x: Tensor):
+    """A tensor moved to x's device (the inputs follow the model); anything else as it is."""
+    return t.to(x.device) if isinstance(t, Tensor) else t
 
 
 def _labels(y, x: Tensor, name: str) -> Tensor:

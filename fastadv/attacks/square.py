@@ -101,8 +101,9 @@ class Square(EvalAttack):
 
     ``Square(model, norm="linf", eps=8/255, queries=5000, p_init=0.8, restarts=1, loss="margin",
     rescale_schedule=True, seed=0, compact=True, compact_every=None)``. AutoAttack uses 5,000
-    queries with ``rescale_schedule=False``. ``loss``: ``"margin"`` or ``"ce"`` (−CE is minimised);
-    targeted runs minimise CE to the target. ``compact_every``: queries between compactions on a
+    queries with ``rescale_schedule=False``. ``loss``: ``"margin"``, ``"ce"`` (−CE is minimised) or
+    a callable ``loss(logits, y)`` → per-sample losses to maximise, as for the other attacks
+    (``loss(logits, y, targets)`` targeted); the built-in targeted loss is CE to the target. ``compact_every``: queries between compactions on a
     GPU (None: every query on the CPU, 16 on a GPU). Inputs [N, C, H, W] in [0, 1].
 
     Example::
@@ -111,7 +112,7 @@ class Square(EvalAttack):
     """
 
     def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, queries: int = 5000,
-                 p_init: float = 0.8, restarts: int = 1, loss: str = "margin",
+                 p_init: float = 0.8, restarts: int = 1, loss="margin",
                  rescale_schedule: bool = True, seed: int = 0, compact: bool = True,
                  compact_every: Optional[int] = None):
         super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact)
@@ -120,8 +121,8 @@ class Square(EvalAttack):
         if self.p_init > 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.restarts = _check_int("restarts", restarts, 1)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
+        if not callable(loss) and loss not in LOSSES:
+            raise ValueError(f"loss must be 'margin', 'ce' or a callable, got {loss!r}")
         self.loss = loss
         self.rescale_schedule = bool(rescale_schedule)
         self.compact_every = None if compact_every is None else _check_int("compact_every", compact_every, 1)
@@ -147,6 +148,9 @@ class Square(EvalAttack):
         z = logits.gather(1, label[:, None]).squeeze(1)
         others = logits.scatter(1, label[:, None], float("-inf")).amax(1)
         broken = success(logits, y, tgt)
+        if callable(self.loss):  # the user's loss is maximised: Square minimises its negation
+            own = self.loss(logits, y) if tgt is None else self.loss(logits, y, tgt)
+            return (others - z if tgt is not None else z - others), -own.float(), broken
         if tgt is not None:  # targeted: done once the target's logit is the largest
             return others - z, F.cross_entropy(logits, tgt, reduction="none"), broken
         margin = z - others
