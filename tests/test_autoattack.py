@@ -372,6 +372,7 @@ def test_square_schedule():
     assert p_schedule(0.8, 2500, 5000, True) == 0.8 / 128  # rescaled: query 5000 of 10000
 
 
+@pytest.mark.filterwarnings("ignore:apgd-ce.*evaluated again")  # bf16 verdicts re-checked in fp32
 def test_bf16_autocast_is_checked_against_fp32_first(batch):
     model, x, y = batch
     res = AutoAttack(model, eps=0.02, attacks=("apgd-ce",), version="custom", autocast="bf16",

@@ -182,8 +182,10 @@ class AutoAttack(EvalAttack):
                     pred = self.logits(res.x_adv[claimed].to(x.dtype), count=rows[claimed]).argmax(1)
                 ok = pred != y[rows[claimed]]
                 if not bool(ok.all()):
+                    why = ("its passes ran under autocast, the re-check in fp32" if self._autocast_ok
+                           else "rounding differs between batch sizes")
                     self._warn(f"{name}: {int((~ok).sum())} points it reported broken are classified "
-                               f"correctly when their x_adv is evaluated again (numerical noise); "
+                               f"correctly when their x_adv is evaluated again on its own ({why}); "
                                f"they stay robust")
                 good = rows[claimed[ok]]
                 robust[good] = False
