@@ -312,8 +312,8 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
     rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if distributed else (0, 1)
     is_module = isinstance(model, nn.Module)
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu")) if is_module \
-            else torch.device("cpu")
+        from .attacks.base import model_device
+        device = model_device(model) or torch.device("cpu")
     was_training = model.training if is_module else False
     if is_module:
         model.eval()

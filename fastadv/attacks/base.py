@@ -107,6 +107,14 @@ def model_eval_mode(model):
             m.training = mode
 
 
+def model_device(model) -> Optional[torch.device]:
+    """The device of an ``nn.Module``'s parameters (None for a parameterless module or a plain
+    callable)."""
+    if isinstance(model, nn.Module):
+        return next((p.device for p in model.parameters()), None)
+    return None
+
+
 def outside_box(x: Tensor, lo: float, hi: float) -> Tensor:
     """0-dim bool on x's device: does x have a value outside [lo, hi], or a NaN? (No host read.)"""
     return ~((x >= lo) & (x <= hi)).all()
@@ -250,12 +258,12 @@ class Attack(TorchattacksHabits):
             raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
         if x.dim() < 1:
             raise ValueError("x must have a batch dimension first, got a 0-dim tensor")
-        if isinstance(self.model, nn.Module):  # torchattacks' habit: inputs go where the model is
-            dev = next((p.device for p in self.model.parameters()), None)
-            if dev is not None and dev.type == "meta":
+        dev = model_device(self.model)
+        if dev is not None:  # torchattacks' habit: inputs go where the model is
+            if dev.type == "meta":
                 raise ValueError("model: its parameters are on the meta device (no data); load its "
                                  "weights first")
-            if dev is not None and dev != x.device:
+            if dev != x.device:
                 x = x.to(dev)
                 y = y.to(dev) if isinstance(y, Tensor) else y
         y = _labels(y, x, "y")

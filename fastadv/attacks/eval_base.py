@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import ops
 from ..ops._validation import FLOAT_DTYPES, compute_dtype
 from .habits import TorchattacksHabits
-from .base import _check_float, _check_int, _labels, explain_dtype_errors, input_range_message, model_eval_mode
+from .base import (_check_float, _check_int, _labels, explain_dtype_errors, input_range_message,
+                   model_device, model_eval_mode)
 
 NORMS = ("linf", "l2")
 
@@ -216,12 +217,6 @@ class EvalAttack(TorchattacksHabits):
         flat = d.reshape(d.shape[0], -1)
         v = flat.abs().amax(1) if self.norm == "linf" else (flat ** 2).sum(1).sqrt()
         return v.view((-1,) + (1,) * (d.dim() - 1))
-
-
-def model_device(model) -> Optional[torch.device]:
-    if isinstance(model, nn.Module):
-        return next((p.device for p in model.parameters()), None)
-    return None
 
 
 def ranked_targets(clean: Tensor, n_target_classes: int):
