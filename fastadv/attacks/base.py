@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..losses import ATTACK_LOSSES, ce_loss, cw_loss, kl_loss
+from ..models.heads import forward_heads, head_weights, weighted_heads
 from ..ops._validation import FLOAT_DTYPES, check_clip, compute_dtype, per_sample
 from .habits import TorchattacksHabits
 
@@ -278,9 +279,10 @@ class Attack(TorchattacksHabits):
             yield
 
     def _clean_logits(self, x_nat: Tensor) -> Tensor:
-        """TRADES' target distribution: the clean logits, computed once and detached."""
+        """TRADES' target distribution: the clean logits, computed once and detached (of a
+        multi-head model: every head's, side by side)."""
         with torch.no_grad():
-            return self._forward(x_nat).detach().float()
+            return torch.cat(self._forward_heads(x_nat), dim=1).detach().float()
 
     def _start(self, x_nat: Tensor, eps: Tensor) -> Tensor:
         if self.norm == "l2" and self.random_start == "uniform":
@@ -300,9 +302,12 @@ class Attack(TorchattacksHabits):
         return (x_nat.to(dt) + delta).clamp_(self.clip_min, self.clip_max).to(x_nat.dtype)
 
     def _check(self, x: Tensor, y: Tensor, clean: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """One check at iterate ``x``: the detached logits and d loss / d x."""
+        """One check at iterate ``x``: the detached (final) logits and d loss / d x. A multi-head
+        model (:mod:`fastadv.models.heads`, CIFS) gets the loss on every head, weighted as it
+        declares; the checks judge its final head."""
         x = x.detach().requires_grad_(True)
-        logits = self._forward(x)
+        heads = self._forward_heads(x)
+        logits = heads[0]
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
@@ -317,20 +322,29 @@ class Attack(TorchattacksHabits):
         # range (on CUDA that is a device-side assert): it sees them clamped.
         y_loss = y.clamp(0, c - 1)
         t = None if self._targets is None else self._targets.clamp(0, c - 1)
-        if callable(self.loss):
-            loss = self.loss(logits, y_loss) if t is None else self.loss(logits, y_loss, t)
-            loss = loss.sum() if loss.dim() else loss
-        elif self.loss == "ce":
-            loss = ce_loss(logits, y_loss) if t is None else -ce_loss(logits, t)
-        elif self.loss == "cw":
-            # targeted: the C&W margin of the target over the best other class
-            loss = cw_loss(logits, y_loss, self.confidence) if t is None else \
-                -F.relu(logits.float().scatter(1, t[:, None], float("-inf")).amax(1)
-                        - logits.float().gather(1, t[:, None]).squeeze(1) + self.confidence).sum()
-        else:
-            loss = kl_loss(logits, clean)
+        # TRADES' clean logits hold every head's side by side (so they compact as one tensor).
+        cleans = [None] * len(heads) if clean is None else clean.split(c, dim=1)
+        loss = weighted_heads(head_weights(self.model),
+                              [self._loss(z, y_loss, t, z_clean) for z, z_clean in zip(heads, cleans)])
         (grad,) = torch.autograd.grad(loss, x)
         return logits.detach(), grad
+
+    def _loss(self, logits: Tensor, y: Tensor, t: Optional[Tensor], clean: Optional[Tensor]) -> Tensor:
+        """The attack's loss (summed over the rows) on one head's logits."""
+        if callable(self.loss):
+            loss = self.loss(logits, y) if t is None else self.loss(logits, y, t)
+            return loss.sum() if loss.dim() else loss
+        if self.loss == "ce":
+            return ce_loss(logits, y) if t is None else -ce_loss(logits, t)
+        if self.loss == "cw":
+            # targeted: the C&W margin of the target over the best other class
+            return cw_loss(logits, y, self.confidence) if t is None else \
+                -F.relu(logits.float().scatter(1, t[:, None], float("-inf")).amax(1)
+                        - logits.float().gather(1, t[:, None]).squeeze(1) + self.confidence).sum()
+        return kl_loss(logits, clean)
+
+    def _forward_heads(self, x: Tensor) -> list:
+        return forward_heads(self.model, self._normalized(x))
 
     def _forward(self, x: Tensor) -> Tensor:
         return self.model(self._normalized(x))

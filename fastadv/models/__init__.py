@@ -10,6 +10,12 @@ name                model
 ``resnet18``        :class:`ResNet18`
 ``wrn-D-W``         :class:`WideResNet` of depth D and width W, e.g. ``wrn-28-10``, ``wrn-32-10``,
                     ``wrn-34-10`` (TRADES/FAT/GAIRAT), ``wrn-16-2``; kwargs: ``dropout``
+``cifs_resnet18``   :class:`CIFSResNet18`, ResNet-18 with CIFS channel masks (a multi-head model,
+                    :mod:`fastadv.models.heads`); kwargs: ``beta`` (its probes' loss weight, 2)
+``dsnet``           :class:`DSNet`, DS-Net's 15 diverse-structured modules, 20 channels, with their
+                    own α optimizer (:mod:`fastadv.models.own_optimizers`); ``dsnet-v2`` the
+                    second block set; ``dsnet[-v2]-D-C`` D modules from C channels (e.g.
+                    ``dsnet-6-8``, a small one); kwargs: ``factor``
 ==================  ==========================================================================
 
 There is no normalisation layer by default (attacks work in [0, 1] pixel space); pass
@@ -23,6 +29,10 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .cifs import CIFSResNet18, cifs_resnet18
+from .dsnet import DSNet, dsnet
+from .heads import forward_heads, head_weights
+from .own_optimizers import OwnOptimizer, own_optimizers, weight_parameters
 from .preact_resnet import PreActResNet, PreActResNet18
 from .resnet import ResNet, ResNet18
 from .small_cnn import SmallCNN
@@ -30,14 +40,17 @@ from .wide_resnet import WideResNet
 
 __all__ = ["create", "available_models", "is_model_name", "register", "Normalized", "SmallCNN", "PreActResNet18",
            "PreActResNet", "ResNet18", "ResNet", "WideResNet", "load_official_state_dict",
-           "num_parameters"]
+           "num_parameters", "CIFSResNet18", "cifs_resnet18", "DSNet", "dsnet", "forward_heads",
+           "head_weights", "OwnOptimizer", "own_optimizers", "weight_parameters"]
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     "small_cnn": lambda num_classes, in_channels, **kw: SmallCNN(in_channels, num_classes, **kw),
     "preact_resnet18": lambda num_classes, in_channels, **kw: PreActResNet18(num_classes, in_channels, **kw),
     "resnet18": lambda num_classes, in_channels, **kw: ResNet18(num_classes, in_channels, **kw),
+    "cifs_resnet18": lambda num_classes, in_channels, **kw: cifs_resnet18(num_classes, in_channels, **kw),
 }
 _WRN = re.compile(r"^(?:wrn|wideresnet|wide_resnet)-(\d+)-(\d+)$")
+_DSNET = re.compile(r"^dsnet(?:-(v1|v2))?(?:-(\d+)-(\d+))?$")
 
 
 def register(name: str, factory: Callable[..., nn.Module]) -> None:
@@ -48,12 +61,14 @@ def register(name: str, factory: Callable[..., nn.Module]) -> None:
 
 
 def available_models() -> list:
-    return sorted(_REGISTRY) + ["wrn-28-10", "wrn-32-10", "wrn-34-10", "wrn-D-W"]
+    return sorted(_REGISTRY) + ["wrn-28-10", "wrn-32-10", "wrn-34-10", "wrn-D-W", "dsnet",
+                                "dsnet-v2", "dsnet-D-C", "dsnet-v2-D-C"]
 
 
 def is_model_name(name) -> bool:
     """Whether :func:`create` knows ``name`` (a registered name or ``wrn-D-W``)."""
-    return isinstance(name, str) and (name.lower() in _REGISTRY or bool(_WRN.match(name.lower())))
+    return isinstance(name, str) and (name.lower() in _REGISTRY or bool(_WRN.match(name.lower()))
+                                      or bool(_DSNET.match(name.lower())))
 
 
 class Normalized(nn.Module):
@@ -73,8 +88,13 @@ class Normalized(nn.Module):
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
-    def forward(self, x):
-        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+    @property
+    def head_weights(self):
+        """The wrapped model's head weights (a multi-head model, :mod:`fastadv.models.heads`)."""
+        return getattr(self.model, "head_weights", None)
+
+    def forward(self, x, **kwargs):  # kwargs: a multi-head model's labels= and heads=
+        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype), **kwargs)
 
 
 def create(name: str, num_classes: int = 10, in_channels: int = 3,
@@ -90,6 +110,10 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3,
     elif isinstance(key, str) and _WRN.match(key):
         depth, width = map(int, _WRN.match(key).groups())
         model = WideResNet(depth, width, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    elif isinstance(key, str) and _DSNET.match(key):
+        space, depth, channels = _DSNET.match(key).groups()
+        sizes = dict(depth=int(depth), init_channels=int(channels)) if depth else {}
+        model = dsnet(num_classes, in_channels, space=space or "v1", **sizes, **kwargs)
     else:
         import difflib
         close = difflib.get_close_matches(str(name).lower(), available_models(), n=1, cutoff=0.6)

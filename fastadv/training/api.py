@@ -254,7 +254,8 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
         # Same initial weights everywhere (above); from here on, distinct per-rank streams
         # (random starts, dropout, ω noise).
         seed_everything(dist_utils.rank_seed(cfg.seed, rank))
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    from ..models import weight_parameters  # less DS-Net's α, which has its own optimizer
+    optimizer = torch.optim.SGD(weight_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if folder is not None:
         _on_main(lambda: _check_free_space(folder, model, cfg.momentum > 0), distributed, main)

@@ -128,10 +128,12 @@ def make_checkpoint(*, model, optimizer, scheduler=None, epoch: int, history, co
                     meta: Optional[dict] = None, rng: Optional[Dict[str, Any]] = None,
                     rng_per_rank: Optional[list] = None, world_size: int = 1,
                     runtime: Optional[Dict[str, Any]] = None,
-                    method_state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                    method_state: Optional[Dict[str, Any]] = None,
+                    own_optimizers: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The checkpoint dict. ``rng``: default the calling process's states. Distributed runs (rank 0
     writes) pass ``rng_per_rank``, every rank's states in rank order, and ``world_size``.
-    ``method_state``: what a method keeps across epochs (CAT's best model of the current k)."""
+    ``method_state``: what a method keeps across epochs (CAT's best model of the current k).
+    ``own_optimizers``: the state dicts of the model's own optimizers by name (DS-Net's α)."""
     return {
         "format": "fastadv-checkpoint-1",
         "model": unwrap(model).state_dict(),
@@ -148,4 +150,5 @@ def make_checkpoint(*, model, optimizer, scheduler=None, epoch: int, history, co
         "meta": meta or {},
         "runtime": runtime if runtime is not None else runtime_info(),
         "method_state": method_state or {},
+        "own_optimizers": own_optimizers or {},
     }

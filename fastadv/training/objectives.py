@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.heads import forward_heads, head_weights, weighted_heads
 from .checks import Option, check_bool, check_number, fail
 
 
@@ -58,6 +59,19 @@ def mart_loss(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6
 # ----------------------------------------------------------------------------- objectives
 
 
+def logits_of(model, x: Tensor, y: Tensor) -> list:
+    """Every head's fp32 logits, the final one first (one head for a plain model); ``y`` steers a
+    multi-head model's label-dependent layers (:mod:`fastadv.models.heads`)."""
+    return [z.float() for z in forward_heads(model, x, y)]
+
+
+def over_heads(model, loss_fn, *heads) -> Tensor:
+    """``Σ_h w_h · loss_fn(heads[0][h], heads[1][h], …)``: a loss of one head's logits applied to
+    every head of a multi-head model and weighted as it declares (the loss itself otherwise)."""
+    return weighted_heads(head_weights(model), [loss_fn(*zs) for zs in zip(*heads)])
+
+
+
 @dataclass(frozen=True)
 class EpochPlan:
     """What one epoch of a method runs with: its resolved ``settings`` (τ, ω, β, λ, …), the
@@ -94,8 +108,8 @@ class CE(Objective):
     name = "ce"
 
     def __call__(self, model, x, y, res, plan):
-        logits_adv = model(res.x_adv if res is not None else x).float()
-        return ce_loss(logits_adv, y), logits_adv
+        heads = logits_of(model, res.x_adv if res is not None else x, y)
+        return over_heads(model, lambda z: ce_loss(z, y), heads), heads[0]
 
 
 def _check_lam(name, value, epochs):
@@ -148,13 +162,13 @@ class GairCE(CE):
         return {"lam": None if lam is None or epoch < start else float(lam)}
 
     def __call__(self, model, x, y, res, plan):
-        logits_adv = model(res.x_adv).float()
+        heads = logits_of(model, res.x_adv, y)
         lam = plan.values.get("lam")
         weights = None
         if lam is not None:
             from ..losses import gair_weights
             weights = gair_weights(res.kappa, plan.steps, lam, func=plan.settings["weight_func"])
-        return ce_loss(logits_adv, y, weights), logits_adv
+        return over_heads(model, lambda z: ce_loss(z, y, weights), heads), heads[0]
 
     def __repr__(self) -> str:
         return f"GairCE(default_lam={self.default_lam:g})"
@@ -188,10 +202,10 @@ class DatCE(CE):
         for m, mode in zip(inner.modules(), modes):
             m.training = mode
         w = -torch.log(probs.gather(1, y[:, None]).squeeze(1) + 1e-12)  # max(−y·log(p + 1e-12))
-        logits_adv = model(res.x_adv).float()
-        ce = F.cross_entropy(logits_adv, y, reduction="none")
+        heads = logits_of(model, res.x_adv, y)
         nonzero = (w != 0).float().mean().clamp_min(1e-12)  # Keras divides by the share of w ≠ 0
-        return (w * ce).mean() / nonzero, logits_adv
+        weighted = lambda z: (w * F.cross_entropy(z, y, reduction="none")).mean() / nonzero  # noqa: E731
+        return over_heads(model, weighted, heads), heads[0]
 
 
 def _check_beta(name, value, epochs):
@@ -208,9 +222,10 @@ class Trades(Objective):
     loss_fn = staticmethod(trades_loss)
 
     def __call__(self, model, x, y, res, plan):
-        logits_nat = model(x).float()
-        logits_adv = model(res.x_adv).float()
-        return self.loss_fn(logits_nat, logits_adv, y, plan.settings["beta"]), logits_adv
+        nat = logits_of(model, x, y)
+        adv = logits_of(model, res.x_adv, y)
+        beta = plan.settings["beta"]
+        return over_heads(model, lambda zn, za: self.loss_fn(zn, za, y, beta), nat, adv), adv[0]
 
 
 class Mart(Trades):
@@ -241,15 +256,20 @@ class GairTrades(Trades):
         lam = plan.values.get("lam")
         if lam is None:
             return super().__call__(model, x, y, res, plan)
-        logits_adv = model(res.x_adv).float()
-        logits_cw = model(res.extras["x_cw"]).float()
-        logits_nat = model(x).float()
-        p_nat = F.softmax(logits_nat, dim=1)
-        kl = lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_nat,  # noqa: E731
-                                     reduction="none").sum(dim=1)
-        w = (torch.tanh(lam + plan.steps / 2 - res.kappa.to(logits_adv.dtype)) + 1) / 2
-        robust = (kl(logits_adv) * w + kl(logits_cw) * (1 - w)).sum() / x.shape[0]
-        return F.cross_entropy(logits_nat, y) + plan.settings["beta"] * robust, logits_adv
+        adv = logits_of(model, res.x_adv, y)
+        cw = logits_of(model, res.extras["x_cw"], y)
+        nat = logits_of(model, x, y)
+        w = (torch.tanh(lam + plan.steps / 2 - res.kappa.to(adv[0].dtype)) + 1) / 2
+        beta = plan.settings["beta"]
+
+        def one_head(logits_adv, logits_cw, logits_nat):
+            p_nat = F.softmax(logits_nat, dim=1)
+            kl = lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_nat,  # noqa: E731
+                                         reduction="none").sum(dim=1)
+            robust = (kl(logits_adv) * w + kl(logits_cw) * (1 - w)).sum() / x.shape[0]
+            return F.cross_entropy(logits_nat, y) + beta * robust
+
+        return over_heads(model, one_head, adv, cw, nat), adv[0]
 
     def __repr__(self) -> str:
         return f"GairTrades(default_lam={self.default_lam:g})"

@@ -55,6 +55,20 @@ def _check_optimizer_fits(optimizer: torch.optim.Optimizer, model: nn.Module) ->
                          f"replaced?); build it from this model's parameters()")
 
 
+def _build_own_optimizers(optimizer: torch.optim.Optimizer, model: nn.Module) -> Dict[str, Any]:
+    """The optimizers of the parameters that ``model`` trains on its own (DS-Net's α), by name;
+    refuses a main optimizer that would step them too."""
+    from ..models.own_optimizers import own_optimizers
+    groups = own_optimizers(model)
+    stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for g in groups:
+        if any(id(p) in stepped for p in g.params):
+            raise ValueError(f"optimizer: also updates {g.name}, which the model trains with an "
+                             f"optimizer of its own; build it from "
+                             f"fastadv.models.weight_parameters(model)")
+    return {g.name: g.build(list(g.params)) for g in groups}
+
+
 def _located(e: Exception, where: str) -> Exception:
     """``e`` again (same type) with ``where`` in front of its message."""
     try:
@@ -122,6 +136,9 @@ class Trainer:
         if distributed is not None and not isinstance(distributed, bool):
             raise TypeError(f"distributed must be True, False or None (automatic), got {distributed!r}")
         _check_optimizer_fits(optimizer, model)
+        # Parameters the model trains with an optimizer of its own (DS-Net's α): stepped after the
+        # same backward as the main optimizer, saved in checkpoints beside it.
+        self.own_optimizers = _build_own_optimizers(optimizer, model)
         check_number("epochs", epochs, minimum=1, integer=True, allow_none=True)
         # The method's options as given (None: its default); resolved now and again whenever
         # the number of epochs becomes known (fit), so defaults like gair_start follow it.
@@ -324,9 +341,11 @@ class Trainer:
             raise NonFiniteLossError(f"the training loss {what}: the data holds NaN or inf, or the "
                                      f"lr ({self.optimizer.param_groups[0]['lr']:g}) makes "
                                      f"training diverge; the weights were not updated")
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self._optimizers():
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        for opt in self._optimizers():
+            opt.step()
         adv_correct = (logits_adv.detach().argmax(1) == y).sum() if res is not None else None
         nat_correct = None
         if self.train_nat_acc:
@@ -339,6 +358,10 @@ class Trainer:
         return {"loss": loss.detach(), "nat_correct": nat_correct, "adv_correct": adv_correct, "n": n,
                 "bp": int(res.bp) if res is not None else 0,
                 "bp_executed": int(res.bp_executed) if res is not None else 0}
+
+    def _optimizers(self) -> List[torch.optim.Optimizer]:
+        """The main optimizer, then the model's own ones (DS-Net's α)."""
+        return [self.optimizer, *self.own_optimizers.values()]
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, loader: Iterable, epoch: Optional[int] = None) -> Dict[str, Any]:
@@ -467,10 +490,15 @@ class Trainer:
         """Copies of the model's and the optimizer's states, made on the CPU, for :meth:`restore`."""
         import copy
         cpu = lambda t: t.detach().to("cpu", copy=True) if isinstance(t, Tensor) else t  # noqa: E731
-        opt = self.optimizer.state_dict()  # references: copied tensor by tensor, to the CPU
-        opt = {"state": {k: {n: cpu(v) for n, v in st.items()} for k, st in opt["state"].items()},
-               "param_groups": copy.deepcopy(opt["param_groups"])}
-        return {"model": {k: cpu(v) for k, v in self.model.state_dict().items()}, "optimizer": opt}
+
+        def copied(opt):  # state_dict() holds references: copied tensor by tensor, to the CPU
+            sd = opt.state_dict()
+            return {"state": {k: {n: cpu(v) for n, v in st.items()} for k, st in sd["state"].items()},
+                    "param_groups": copy.deepcopy(sd["param_groups"])}
+
+        return {"model": {k: cpu(v) for k, v in self.model.state_dict().items()},
+                "optimizer": copied(self.optimizer),
+                "own_optimizers": {k: copied(o) for k, o in self.own_optimizers.items()}}
 
     def restore(self, snapshot: Dict[str, Any]) -> None:
         """Put back the weights and the optimizer's state (momentum) of a :meth:`snapshot` (CAT's
@@ -480,6 +508,8 @@ class Trainer:
         self.optimizer.load_state_dict(snapshot["optimizer"])
         for g, lr in zip(self.optimizer.param_groups, lrs):
             g["lr"] = lr
+        for name, opt in self.own_optimizers.items():
+            opt.load_state_dict(snapshot["own_optimizers"][name])
 
     # ------------------------------------------------------------------ the whole run
     def fit(self, train_loader: Iterable, test_data=None, epochs: Optional[int] = None, *,
@@ -607,7 +637,9 @@ class Trainer:
                                best_pgd20=self.best_pgd20, meta=self.meta,
                                rng=rngs[0] if rngs else None, rng_per_rank=rngs,
                                world_size=self.world_size, runtime=runtime_info(self.device),
-                               method_state=self.method_state)
+                               method_state=self.method_state,
+                               own_optimizers={k: o.state_dict()
+                                               for k, o in self.own_optimizers.items()})
 
     def _check_loader(self, loader) -> None:
         """Distributed: every rank must run the same number of steps (else DDP hangs)."""
@@ -649,9 +681,17 @@ class Trainer:
                 raise CheckpointError(f"checkpoint: {source} holds the state of an optimizer over "
                                       f"{theirs} parameter tensors (per group), this optimizer "
                                       f"has {mine}; build it as the checkpoint's run did")
+        own_state = state.get("own_optimizers") or {}
+        if opt_state is not None and set(own_state) != set(self.own_optimizers):
+            raise CheckpointError(f"checkpoint: {source} holds the optimizers "
+                                  f"{sorted(own_state) or 'none'} besides the main one, this model "
+                                  f"trains {sorted(self.own_optimizers) or 'none'} on their own; "
+                                  f"resume with the checkpoint's model")
         load_model_state(self.model, state["model"], source)
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
+            for name, opt in self.own_optimizers.items():
+                opt.load_state_dict(own_state[name])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
