@@ -40,8 +40,10 @@ from fastadv.training import Trainer
 DEV = "cuda"
 EPS, ALPHA = 8 / 255, 2 / 255
 # --smoke (any device, e.g. the CPU): tiny sizes, to check the script itself before a GPU session.
-SIZES = dict(kernel_n=4096, batches=(128, 512), backend_ns=(128, 4096), warm_steps=300, warm_batch=256)
-SMOKE = dict(kernel_n=64, batches=(8,), backend_ns=(8,), warm_steps=2, warm_batch=8)
+SIZES = dict(kernel_n=4096, batches=(128, 512), backend_ns=(128, 4096), warm_steps=300, warm_batch=256,
+             arch_models=("preact_resnet18", "cifs_resnet18", "dsnet-6-16", "dsnet"), arch_batch=128)
+SMOKE = dict(kernel_n=64, batches=(8,), backend_ns=(8,), warm_steps=2, warm_batch=8,
+             arch_models=("preact_resnet18", "cifs_resnet18", "dsnet-3-4"), arch_batch=8)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -294,6 +296,43 @@ def stage_epoch(out: Path, images: int) -> None:
           "extrapolates). Targets: PGD-10 AT >= 2x the plain loop and <= 20 s per 50k; FAT τ=1 <= half of AT.")
 
 
+# ----------------------------------------------------------------------------- (e) architectures
+def stage_architectures(out: Path, images: int) -> None:
+    """Issue #14: PGD-10 AT epochs of CIFS-ResNet-18 and DS-Net (a small one and the official
+    size) beside PreActResNet-18, images/s, on the synthetic CIFAR-sized task."""
+    rows = []
+    x_all, y_all = synthetic_task(images, seed=3)
+    batch = SIZES["arch_batch"]
+    for name in SIZES["arch_models"]:
+        torch.manual_seed(0)
+        model = models.create(name, num_classes=10).to(DEV).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(models.weight_parameters(model), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        tr = Trainer(model, opt, "at", eps=EPS, alpha=ALPHA, steps=10, device=DEV, channels_last=True,
+                     amp="bf16" if DEV == "cuda" else None)
+        nb = images // batch
+        losses = []
+        for epoch in range(2):  # the first epoch warms up (cuDNN choices, allocator)
+            sync()
+            t0 = time.perf_counter()
+            for i in range(nb):
+                r = tr.train_step(x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch])
+            losses.append(float(r["loss"]))
+            sync()
+            dt = time.perf_counter() - t0
+        rows.append(dict(model=name, params_m=models.num_parameters(model) / 1e6, batch=batch,
+                         images=nb * batch, seconds=dt, images_per_s=nb * batch / dt,
+                         loss_first=losses[0], loss_last=losses[-1]))
+        del model, opt, tr
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["vs_preact"] = r["images_per_s"] / base
+    write(out, "architectures", rows, ["model", "params_m", "batch", "images", "images_per_s", "vs_preact",
+                                       "loss_first", "loss_last"],
+          f"PGD-10 AT (ε = 8/255, α = 2/255), bf16 autocast, channels_last, batch {batch}, the second "
+          f"epoch over {images} random CIFAR-sized images timed. CIFS trains on its joint loss of three "
+          "heads; DS-Net steps α with its own Adam.")
+
+
 # ----------------------------------------------------------------------------- (d) backends
 def stage_backends(out: Path, iters: int) -> None:
     rows = []
@@ -343,7 +382,7 @@ def stage_backends(out: Path, iters: int) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=("kernels", "attack", "epoch", "backends"))
+    ap.add_argument("stage", choices=("kernels", "attack", "epoch", "backends", "architectures"))
     ap.add_argument("--out", default="benchmarks/results/gpu")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--images", type=int, default=50_000)
@@ -360,7 +399,8 @@ def main(argv=None) -> None:
     # convolutions for each would land inside the timed attacks and epochs.
     out = Path(args.out)
     {"kernels": lambda: stage_kernels(out, args.iters), "attack": lambda: stage_attack(out, args.iters),
-     "epoch": lambda: stage_epoch(out, args.images), "backends": lambda: stage_backends(out, args.iters)}[args.stage]()
+     "epoch": lambda: stage_epoch(out, args.images), "backends": lambda: stage_backends(out, args.iters),
+     "architectures": lambda: stage_architectures(out, args.images)}[args.stage]()
 
 
 if __name__ == "__main__":

@@ -304,6 +304,35 @@ def _parser() -> argparse.ArgumentParser:
                     help="the share listed as suspects in the summary (default 0.1)")
     au.add_argument("--out-dir", default=None,
                     help="where label_audit.csv/.png go (default: beside the checkpoint)")
+    de = sub.add_parser("detect", parents=[common, on_data],
+                        help="can a two-sample test tell adversarial data from natural? (SAMMD)",
+                        description="Attacks 2n test images with --attack, then measures the "
+                                    "SAMMD test's power (natural vs adversarial) and type-I "
+                                    "error (natural vs natural) over repeated draws, beside "
+                                    "plain MMD with a Gaussian kernel on the inputs.")
+    de.add_argument("checkpoint", help="a best.pt or last.pt of a run folder (the classifier "
+                                       "whose features SAMMD uses, and the attacked model)")
+    de.add_argument("--attack", default="pgd20",
+                    help="the adversarial data: fgsm, pgdK, cwK, autoattack, apgd-ce, ... "
+                         "(default pgd20)")
+    de.add_argument("--eps", type=_number, default=None,
+                    help="L-inf radius (default: the checkpoint's training eps)")
+    de.add_argument("--n", type=int, default=500,
+                    help="images per sample: the kernel is fitted on n + n, each test on n + n "
+                         "held out (default 500; the test split needs 4n)")
+    de.add_argument("--trials", type=int, default=1, help="fits per detector (default 1)")
+    de.add_argument("--test-sets", type=int, default=100,
+                    help="tests per fit, on fresh draws (default 100)")
+    de.add_argument("--level", type=_number, default=0.05, help="the tests' level alpha (default 0.05)")
+    de.add_argument("--fit-steps", type=int, default=1000,
+                    help="Adam steps of SAMMD's kernel (default 1000, the paper's)")
+    de.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="also plain MMD with a Gaussian kernel on the inputs (default: yes)")
+    de.add_argument("--type-i", action=argparse.BooleanOptionalAction, default=True,
+                    help="also natural vs natural, the type-I error (default: yes)")
+    de.add_argument("--split", default="test", help="the split whose images are used (default: test)")
+    de.add_argument("--out", default=None,
+                    help="JSON file (default: detect_<checkpoint>.json beside it)")
     return p
 
 
@@ -430,6 +459,67 @@ def cmd_audit_labels(args) -> int:
     return 0
 
 
+def cmd_detect(args) -> int:
+    import json
+    import torch
+    from .detect import GaussianMMD, SAMMD, detection_trials
+    from .errors import UserError
+    from .evaluation import parse_attack
+    from .training.config import check_device
+    check_device(args.device)
+    for name, v, lo in (("--n", args.n, 2), ("--trials", args.trials, 1),
+                        ("--test-sets", args.test_sets, 1), ("--fit-steps", args.fit_steps, 0)):
+        if v < lo:
+            raise UserError(f"{name}: must be >= {lo}, got {v}")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level: the tests' level, in (0, 1), got {args.level:g}")
+    attack = parse_attack(args.attack)  # an unknown name fails before any work
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state, meta, model, dataset, data = _load_run(args.checkpoint, args, device)
+    eps = args.eps if args.eps is not None else meta.get("eps")
+    if eps is None:
+        raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
+    need = (4 if args.type_i else 2) * args.n + 2 * args.n
+    if len(data) < need:
+        raise UserError(f"--n: {dataset} {args.split} has {len(data)} images, the protocol needs "
+                        f"{need} (2n attacked, {'4' if args.type_i else '2'}n natural); lower --n")
+    torch.manual_seed(args.seed)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
+    x, y = data.images[order], data.labels[order].long()
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    # Disjoint pools, as the paper: 2n images attacked (n to fit on, n held out), the rest natural.
+    k = 2 * args.n
+    print(f"{args.checkpoint}: {meta['model']} on {dataset} ({args.split}); {args.attack} at "
+          f"eps={eps:.4g} on {k} images, {len(data) - k} natural", flush=True)
+    chunks = []
+    for i in range(0, k, args.batch_size):
+        xb, yb = x[i:min(k, i + args.batch_size)].to(device), y[i:min(k, i + args.batch_size)].to(device)
+        chunks.append(attack.adversarial(model, xb, yb, eps).detach())
+    x_adv = torch.cat(chunks)
+    with torch.no_grad():
+        fooled = float((model(x_adv).argmax(1).cpu() != y[:k]).float().mean())
+    print(f"the attack fools the model on {fooled:.1%} of them")
+    detectors = {"SAMMD": lambda: SAMMD(model, steps=args.fit_steps, seed=args.seed)}
+    if args.baseline:
+        detectors["MMD-G"] = lambda: GaussianMMD(seed=args.seed)
+    res = detection_trials(detectors, x[k:].to(device), x_adv, n=args.n, trials=args.trials,
+                           test_sets=args.test_sets, alpha=args.level, type_i=args.type_i,
+                           seed=args.seed, progress=args.progress)
+    print(f"{'detector':<8} {'power':>7} {'type-I':>7}   (share of {args.test_sets} test sets "
+          f"rejected at alpha {args.level:g}, mean of {args.trials} fit(s))")
+    for name, r in res.items():
+        t1 = f"{r['type_i']:>7.3f}" if r["type_i"] is not None else f"{'-':>7}"
+        print(f"{name:<8} {r['power']:>7.3f} {t1}")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
+                                   f"detect_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
+    with open(out, "w") as f:
+        json.dump({"checkpoint": args.checkpoint, "dataset": dataset, "attack": args.attack,
+                   "eps": eps, "n": args.n, "trials": args.trials, "test_sets": args.test_sets,
+                   "level": args.level, "fooled": fooled, "results": res}, f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
 def _check_eval_data(data, meta, dataset: str) -> None:
     """Refuse images of another shape than the model was trained on (a small CNN runs on 28×28
     MNIST as well as on 8×8 digits, and reports chance accuracy without a word)."""
@@ -500,7 +590,8 @@ def cli_names(text: str) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot,
-               "compare": cmd_compare, "audit-labels": cmd_audit_labels}[args.command]
+               "compare": cmd_compare, "audit-labels": cmd_audit_labels,
+               "detect": cmd_detect}[args.command]
     from .errors import is_user_error
     try:
         return handler(args)

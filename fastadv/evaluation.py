@@ -66,12 +66,21 @@ class Evaluation:
     def note(self, eps: float) -> Optional[str]:
         return None
 
+    def adversarial(self, model, x: Tensor, y: Tensor, eps: float) -> Tensor:
+        """The attack's x_adv (``fastadv detect``'s adversarial data)."""
+        raise ValueError(f"attack: {self.name} scores points over restarts and makes no single "
+                         f"adversarial example; use pgdK, fgsm, cwK, an AutoAttack name or an "
+                         f"attack object")
+
 
 class Natural(Evaluation):
     name = "natural"
 
     def robust(self, model, x, y, eps, any_iterate):
         return _predict(model, x) == y
+
+    def adversarial(self, model, x, y, eps):
+        return x
 
 
 class PGDEval(Evaluation):
@@ -86,12 +95,14 @@ class PGDEval(Evaluation):
         if self.steps > 1:
             self.alpha = lambda e, a=float(alpha): a
 
-    def robust(self, model, x, y, eps, any_iterate):
+    def adversarial(self, model, x, y, eps):
         from . import attacks
+        return attacks.PGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps,
+                           random_start="uniform", loss=self.loss)(x, y)
+
+    def robust(self, model, x, y, eps, any_iterate):
         if not any_iterate:
-            x_adv = attacks.PGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps,
-                                random_start="uniform", loss=self.loss)(x, y)
-            return _predict(model, x_adv) == y
+            return _predict(model, self.adversarial(model, x, y, eps)) == y
         return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts)
 
 
@@ -114,6 +125,8 @@ class PGDPlus(PGDEval):
     def robust(self, model, x, y, eps, any_iterate):
         return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts)
 
+    adversarial = Evaluation.adversarial  # several restarts: no single x_adv
+
     def note(self, eps):
         if self.fixed:
             return f"pgd+: step alpha = {self.alpha(eps):.4g} (given)"
@@ -130,13 +143,19 @@ class AutoAttackEval(Evaluation):
         self.name, self.version, self.attacks = name, version, attacks
         self.checked = False
 
-    def robust(self, model, x, y, eps, any_iterate):
+    def _run(self, model, x, y, eps):
         from .attacks import AutoAttack
         aa = AutoAttack(model, eps=eps, version="custom" if self.attacks else self.version,
                         attacks=self.attacks, seed=0, batch_size=max(1, x.shape[0]),
                         sanity_checks=not self.checked)
         self.checked = True
-        return aa.run(x, y).robust
+        return aa.run(x, y)
+
+    def robust(self, model, x, y, eps, any_iterate):
+        return self._run(model, x, y, eps).robust
+
+    def adversarial(self, model, x, y, eps):
+        return self._run(model, x, y, eps).x_adv
 
 
 class CallableEval(Evaluation):
@@ -144,6 +163,9 @@ class CallableEval(Evaluation):
 
     def __init__(self, attack):
         self.attack, self.name = attack, type(attack).__name__
+
+    def adversarial(self, model, x, y, eps):
+        return self.attack(x, y)
 
     def robust(self, model, x, y, eps, any_iterate):
         return _predict(model, self.attack(x, y)) == y

@@ -16,6 +16,9 @@
 #   autoattack (issue #12; not in the default list: GPU_CHECK_STAGES=autoattack) PreActResNet-18
 #             AT on the CIFAR-10 subset of ../shared/data, then AutoAttack standard on 1,000 test
 #             points, per-attack seconds and passes                  -> autoattack_cifar10.json (limit 420 s)
+#   architectures (issue #14; not in the default list: GPU_CHECK_STAGES=architectures) PGD-10 AT
+#             epochs of CIFS-ResNet-18 and DS-Net (small and official) beside PreActResNet-18,
+#             images/s                                                -> architectures.json/.md (limit 150 s)
 # Then summary.md gathers the tables. GPU_CHECK_STAGES="kernels attack" runs a subset;
 # GPU_CHECK_IMAGES sets the images per epoch measurement (default 12800: s/50k is extrapolated).
 set -uo pipefail
@@ -82,10 +85,11 @@ if want sanitizer; then
   fi
 fi
 
-for stage in kernels backends attack epoch; do
+for stage in kernels backends attack epoch architectures; do
   if want $stage; then
     case $stage in
       kernels) limit=35 ;; backends) limit=25 ;; attack) limit=60 ;; epoch) limit=80 ;;
+      architectures) limit=150 ;;
     esac
     run $stage $limit $stage.log $PY -m benchmarks.gpu_check $stage --out "$OUT" --images "$IMAGES"
   fi
@@ -107,7 +111,7 @@ fi
   echo
   sed 's/^/- /' "$OUT/stages.txt"
   echo
-  for stage in kernels backends attack epoch; do
+  for stage in kernels backends attack epoch architectures; do
     [ -f "$OUT/$stage.md" ] && cat "$OUT/$stage.md" && echo
   done
   echo "Test summary: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests.log" 2>/dev/null | tail -1)"

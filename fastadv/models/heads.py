@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-import torch.nn as nn
 from torch import Tensor
 
 __all__ = ["head_weights", "forward_heads", "weighted_heads"]
