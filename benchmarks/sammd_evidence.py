@@ -1,7 +1,7 @@
 """SAMMD against plain MMD: can a two-sample test tell adversarial data from natural? (issue #14)
 
 A naturally trained classifier (MNIST: the small CNN, one epoch on the 60,000 training images;
-CIFAR-10: PreAct ResNet-18 on the 4,000-image subset), its test split shuffled: 2n images are
+CIFAR-10: PreAct ResNet-18, or ``--arch``, on the 4,000-image subset), its test split shuffled: 2n images are
 attacked (PGD-20 with step ε/10 and a uniform start, as the SAMMD paper's data; FGSM), the others
 form the natural pool. For each attack, ``fastadv.detect.detection_trials``: per trial each
 detector is fitted on n natural + n adversarial images and tested on ``--test-sets`` fresh draws of
@@ -10,6 +10,8 @@ gives the type-I error, at α = 0.05. SAMMD (features + inputs, wild bootstrap) 
 Gaussian kernel on the inputs, median bandwidth, permutation test).
 
     python -m benchmarks.sammd_evidence --out benchmarks/results/sammd_mnist_cpu
+    python -m benchmarks.sammd_evidence --dataset cifar10 --arch small_cnn --epochs 30 --n 150 \
+        --out benchmarks/results/sammd_cifar10_cpu
 """
 from __future__ import annotations
 
@@ -36,8 +38,7 @@ def _model(args, tmp: Path):
     from fastadv.training import Trainer
     torch.manual_seed(0)
     mnist = args.dataset == "mnist"
-    model = create("small_cnn" if mnist else "preact_resnet18", num_classes=10,
-                   in_channels=1 if mnist else 3).to(args.device)
+    model = create(args.arch, num_classes=10, in_channels=1 if mnist else 3).to(args.device)
     if os.path.exists(args.model):
         model.load_state_dict(torch.load(args.model, weights_only=True, map_location=args.device))
         return model.eval()
@@ -84,14 +85,16 @@ def main(argv=None) -> int:
     p.add_argument("--fit-steps", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=None, help="default: 1 on MNIST, 15 on CIFAR-10")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--model", default=None)
+    p.add_argument("--arch", default=None, help="default: small_cnn on MNIST, preact_resnet18 on CIFAR-10")
+    p.add_argument("--model", default=None, help="a state dict to load, or where to save the trained one")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sammd_mnist_cpu"))
     args = p.parse_args(argv)
     mnist = args.dataset == "mnist"
     args.eps = args.eps if args.eps is not None else (0.3 if mnist else 8 / 255)
     args.epochs = args.epochs or (1 if mnist else 15)
+    args.arch = args.arch or ("small_cnn" if mnist else "preact_resnet18")
     args.model = args.model or str(REPO / "benchmarks" / "results" / ".cache" /
-                                   f"sammd_{args.dataset}_standard.pt")
+                                   f"sammd_{args.dataset}_{args.arch}_standard.pt")
     import torch
     torch.set_num_threads(args.threads)
     from fastadv.attacks import FGSM, PGD
@@ -118,8 +121,7 @@ def main(argv=None) -> int:
     attacks = {"PGD-20": PGD(model, eps=args.eps, alpha=args.eps / 10, steps=20),
                "FGSM": FGSM(model, eps=args.eps)}
     result = {"dataset": args.dataset, "eps": args.eps, "n": args.n, "trials": args.trials,
-              "test_sets": args.test_sets, "alpha": 0.05, "model": "small_cnn" if mnist else
-              "preact_resnet18", "clean_accuracy": clean, "attacks": {}, "type_i": {},
+              "test_sets": args.test_sets, "alpha": 0.05, "model": args.arch, "clean_accuracy": clean, "attacks": {}, "type_i": {},
               "torch": torch.__version__, "threads": args.threads,
               "machine": f"{platform.machine()} {os.cpu_count()} cores" if args.device == "cpu"
               else torch.cuda.get_device_name(), "date": datetime.date.today().isoformat()}

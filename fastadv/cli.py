@@ -91,7 +91,9 @@ def _train_epilog() -> str:
              "", "examples:",
              "  fastadv train --method fat --tau 1                  # FAT on the bundled digits",
              "  fastadv train --method at --dataset cifar10 --device cuda --amp bf16",
-             "  fastadv train --resume --out-dir runs/digits-fat-tau1-s0 --epochs 30"]
+             "  fastadv train --resume --out-dir runs/digits-fat-tau1-s0 --epochs 30",
+             "  fastadv train --method trades --model dsnet-6-16 --dataset cifar10 --device cuda",
+             "  fastadv train --method at --model cifs_resnet18 --dataset cifar10 --device cuda"]
     return "\n".join(rows)
 
 

@@ -99,6 +99,12 @@ class Trainer:
     on MNIST-size batches, ``benchmarks/train_nat_cost.py``; the column is then empty). ``random_start``: ``"method"`` (the method's
     own: uniform, or normal for TRADES) or an override, ``"uniform"``/``"normal"``/``None`` (off).
 
+    A multi-head model (:mod:`fastadv.models.heads`, CIFS) trains on every head's loss, weighted
+    as it declares, and its attack uses the same weighted loss; parameters the model trains with an
+    optimizer of its own (:mod:`fastadv.models.own_optimizers`, DS-Net's α) are stepped after the
+    same backward pass (``trainer.own_optimizers``) and saved and restored with the checkpoints;
+    ``optimizer`` must not hold them.
+
     ``distributed``: ``None`` = automatic (DDP when a process group with more than one rank is
     initialised or ``model`` is already a ``DistributedDataParallel``); ``sync_bn``: convert
     BatchNorm to ``SyncBatchNorm`` (CUDA/NCCL) instead of per-rank batch statistics.
