@@ -321,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="L-inf radius (default: the checkpoint's training eps)")
     de.add_argument("--n", type=int, default=500,
                     help="images per sample: the kernel is fitted on n + n, each test on n + n "
-                         "held out (default 500; the test split needs 4n)")
+                         "held out (default 500; the split needs 6n images, 4n with --no-type-i)")
     de.add_argument("--trials", type=int, default=1, help="fits per detector (default 1)")
     de.add_argument("--test-sets", type=int, default=100,
                     help="tests per fit, on fresh draws (default 100)")
@@ -476,6 +476,9 @@ def cmd_detect(args) -> int:
     if not 0 < args.level < 1:
         raise UserError(f"--level: the tests' level, in (0, 1), got {args.level:g}")
     attack = parse_attack(args.attack)  # an unknown name fails before any work
+    from .evaluation import Evaluation
+    if type(attack).adversarial is Evaluation.adversarial:
+        attack.adversarial(None, None, None, None)  # its one-line refusal, before any work
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state, meta, model, dataset, data = _load_run(args.checkpoint, args, device)
     eps = args.eps if args.eps is not None else meta.get("eps")

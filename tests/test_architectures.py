@@ -2,6 +2,8 @@
 autograd construction, multi-head losses in the objectives and the attacks, DS-Net's blocks and
 parameter counts against the official model, and its α trained by its own optimizer."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -254,3 +256,32 @@ def test_cifs_probes_learn_while_the_masked_head_starts_slowly():
     acc = [float((z.argmax(1) == y[:128]).float().mean()) for z in heads]
     assert acc[1] > 0.3 and acc[2] > 0.3  # the nonlinear and the linear probe (chance: 0.1)
     assert float(pooled["f"].abs().mean()) < 0.01  # the masked features: about 1/512 of f
+
+
+@pytest.mark.parametrize("method", ["at", "fat", "trades", "mart", "gairat", "gair-fat"])
+@pytest.mark.parametrize("model", ["cifs_resnet18", "dsnet-3-4"])
+def test_every_method_trains_both_architectures(method, model):
+    torch.manual_seed(0)
+    net = models.create(model, in_channels=1)
+    opt = torch.optim.SGD(models.weight_parameters(net), lr=0.01, momentum=0.9)
+    extra = dict(gair_start=0) if "gair" in method else {}  # reweighting from the first epoch
+    tr = Trainer(net, opt, method, eps=0.1, alpha=0.03, steps=3, epochs=2, **extra)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = tr.train_step(torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5]))
+    assert math.isfinite(float(out["loss"])) and out["n"] == 6
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert "linear.weight" in changed
+    if model.startswith("dsnet"):
+        assert "alpha" in changed  # α stepped by its own Adam
+    else:  # the probes are trained by their heads' losses
+        assert "layer4.0.probe.fc1.weight" in changed and "layer4.1.probe.fc.weight" in changed
+
+
+def test_wrapped_models_keep_their_own_optimizers():
+    net = models.create("dsnet-3-4", in_channels=1, normalize=([0.5], [0.5]))
+    groups = models.own_optimizers(net)
+    assert len(groups) == 1 and groups[0].params[0] is net.model.alpha
+    assert all(p is not net.model.alpha for p in models.weight_parameters(net))
+    dp = torch.nn.DataParallel(models.create("dsnet-3-4", in_channels=1))
+    assert len(models.own_optimizers(dp)) == 1
+    assert models.head_weights(torch.nn.DataParallel(models.create("cifs_resnet18"))) == (1.0, 1.0, 1.0)

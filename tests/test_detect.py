@@ -155,3 +155,29 @@ def test_cli_detect_writes_its_table(tmp_path, capsys):
     assert "--n: must be >= 2" in capsys.readouterr().err
     assert main(["detect", str(run / "last.pt"), "--attack", "pgd+", "--n", "20"]) == 2
     assert "no single adversarial example" in capsys.readouterr().err
+
+
+def test_each_feature_source_runs_once_per_pool_and_sigma_is_refitted():
+    calls = {"f": 0, "g": 0}
+
+    def f(x):
+        calls["f"] += 1
+        return _features(x)
+
+    def g(x):
+        calls["g"] += 1
+        return _features(x) * 2
+
+    gen = torch.Generator().manual_seed(0)
+    nat, adv = torch.rand(80, 1, 3, 3, generator=gen), torch.rand(40, 1, 3, 3, generator=gen)
+    detection_trials({"f": lambda: SAMMD(features=f, steps=2), "g": lambda: SAMMD(features=g, steps=2)},
+                     nat, adv, n=10, trials=2, test_sets=3, progress=False)
+    assert calls == {"f": 2, "g": 2}  # natural and adversarial pool, once each
+    with pytest.raises(TypeError, match="natural must be a floating-point"):
+        detection_trials({"g": GaussianMMD}, (nat * 255).to(torch.uint8), adv, n=10)
+    with pytest.raises(ValueError, match="differ in shape"):
+        detection_trials({"g": GaussianMMD}, nat, adv.reshape(40, 9, 1, 1), n=10)
+    mmd = GaussianMMD()
+    first = mmd.fit(nat[:10], adv[:10]).sigma
+    assert mmd.fit(nat[:10] * 3, adv[:10]).sigma != first  # each fit takes its own median
+    assert GaussianMMD(sigma=2.0).fit(nat[:10], adv[:10]).sigma == 2.0

@@ -20,8 +20,9 @@ class TestResult(NamedTuple):
     p_value: float
 
     def rejects(self, alpha: float = 0.05) -> bool:
-        """Whether the two samples differ at level ``alpha`` (``p ≤ α``, the official rule: at
-        most ⌈α·B⌉ of the B null draws above the statistic)."""
+        """Whether the two samples differ at level ``alpha``: ``p ≤ α``, at most α·B of the B null
+        draws above the statistic (the official rule, ⌈α·B⌉, where α·B is a whole number: 5 of
+        100 at α = 0.05)."""
         return self.p_value <= alpha
 
 
@@ -110,23 +111,23 @@ class GaussianMMD:
             raise ValueError(f"sigma must be > 0, got {sigma!r}")
         if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
             raise ValueError(f"permutations must be an int >= 1, got {permutations!r}")
-        self.sigma, self.permutations = sigma, permutations
+        self.sigma_given, self.sigma, self.permutations = sigma, sigma, permutations
         self.generator = torch.Generator().manual_seed(seed)
 
     uses_features = False
 
     def fit(self, a: Tensor, b: Tensor) -> "GaussianMMD":
         ia, ib = _paired("a", a, "b", b)
-        return self._fit(None, ia, None, ib)
+        return self._fit(None, ia.cpu(), None, ib.cpu())
 
     def _fit(self, fa, ia: Tensor, fb, ib: Tensor, spatial: int = 0) -> "GaussianMMD":
-        if self.sigma is None:
-            self.sigma = float(median_sq_dist(ia, ib))
+        # the median of this pair (each fit anew), unless the user fixed sigma
+        self.sigma = self.sigma_given if self.sigma_given is not None else float(median_sq_dist(ia, ib))
         return self
 
     def test(self, a: Tensor, b: Tensor) -> TestResult:
         ia, ib = _paired("a", a, "b", b)
-        return self._test(None, ia, None, ib)
+        return self._test(None, ia.cpu(), None, ib.cpu())
 
     def _test(self, fa, ia: Tensor, fb, ib: Tensor) -> TestResult:
         if self.sigma is None:

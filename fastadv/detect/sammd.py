@@ -44,8 +44,13 @@ def penultimate_features(model: nn.Module, x: Tensor, batch_size: int = 256) -> 
         hook.remove()
         for m, mode in zip(model.modules(), modes):
             m.training = mode
-    return torch.cat([g.reshape(g.shape[0], -1) for g in grabbed]) if grabbed else \
+    feats = torch.cat([g.reshape(g.shape[0], -1) for g in grabbed]) if grabbed else \
         x.new_zeros(0, last[-1].in_features)
+    if feats.shape[0] != x.shape[0]:  # e.g. a compiled model whose graph skips Python hooks
+        raise ValueError(f"model: its last nn.Linear saw {feats.shape[0]} rows for {x.shape[0]} "
+                         f"inputs, so its input is not the penultimate features; pass the "
+                         f"uncompiled model or features=<callable>")
+    return feats
 
 
 class SAMMD:
@@ -57,8 +62,8 @@ class SAMMD:
     det.test(x_nat_test, x_adv_test).rejects(0.05)                      # True: they differ
     ```
 
-    Inputs are [N, ...] images in the model's input range, two samples of equal size; they are
-    moved to the model's device for the features, the statistics run in float64 on the CPU.
+    Inputs are [N, ...] images in the model's input range, two samples of equal size, on any
+    device; the features are computed on the model's device, the statistics in float64 on the CPU.
     ``steps``/``lr``: the kernel's training; ``sigma_q``: σ_q's start (default 2·H·W of the
     inputs); ``draws``/``ar_length``: the wild bootstrap; ``seed``: its random draws.
     """
@@ -135,7 +140,7 @@ class SAMMD:
         ``−(MMD²_u + 1e-8)/√(var + 1e-8)``."""
         ia, ib = _paired("a", a, "b", b)
         spatial = math.prod(a.shape[2:]) if a.dim() > 2 else a[0].numel()
-        return self._fit(self._phi(a), ia, self._phi(b), ib, spatial)
+        return self._fit(self._phi(a), ia.cpu(), self._phi(b), ib.cpu(), spatial)
 
     def _fit(self, fa: Tensor, ia: Tensor, fb: Tensor, ib: Tensor, spatial: int) -> "SAMMD":
         d = self._distances(fa, ia, fb, ib)
@@ -172,11 +177,12 @@ class SAMMD:
         root = torch.sqrt(var.clamp_min(0) + 1e-8)
         objective = -(mmd2 + 1e-8) / root
         dm = -1.0 / root                                   # ∂J/∂MMD²
-        dv = (mmd2 + 1e-8) / (2 * root ** 3) if float(var) > -1e-8 else torch.zeros_like(root)
+        # ∂J/∂var (zero where the clamp at 0 holds var, as the objective's own derivative)
+        dv = (mmd2 + 1e-8) / (2 * root ** 3) if float(var) > 0 else torch.zeros_like(root)
         h = kx + ky - kxy - kxy.t()
         row = h.sum(1) / n
         gi = (8.0 / (n * n)) * (row - h.sum() / (n * n))  # ∂var/∂H_ij, a function of i alone
-        off = (1 - torch.eye(n, dtype=k.dtype)) * (dm / (n * (n - 1)))
+        off = (1 - torch.eye(n, dtype=k.dtype, device=k.device)) * (dm / (n * (n - 1)))
         g = torch.stack([off + dv * gi[:, None], off + dv * gi[:, None],
                          -2 * off - dv * (gi[:, None] + gi[None, :])])
         ge = g * e
@@ -191,7 +197,7 @@ class SAMMD:
         ``(statistic, p_value)``; ``.rejects(alpha)`` says whether they differ."""
         self._fitted()
         ia, ib = _paired("a", a, "b", b)
-        return self._test(self._phi(a), ia, self._phi(b), ib)
+        return self._test(self._phi(a), ia.cpu(), self._phi(b), ib.cpu())
 
     def _test(self, fa: Tensor, ia: Tensor, fb: Tensor, ib: Tensor) -> TestResult:
         kx, ky, kxy = self._kernel(self._distances(fa, ia, fb, ib), *self._fitted()).unbind(0)

@@ -39,53 +39,54 @@ def detection_trials(detectors: Mapping[str, Callable[[], object]], natural: Ten
     if adversarial.shape[0] < 2 * n:
         raise ValueError(f"adversarial: {adversarial.shape[0]} images, the protocol needs 2n = "
                          f"{2 * n}; lower n")
-    made = {name: make() for name, make in detectors.items()}
+    for name, x in (("natural", natural), ("adversarial", adversarial)):
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor of images (uint8: divide by "
+                            f"255), got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if natural.shape[1:] != adversarial.shape[1:]:
+        raise ValueError(f"natural and adversarial images differ in shape: "
+                         f"{tuple(natural.shape[1:])} vs {tuple(adversarial.shape[1:])}")
     spatial = natural[0, 0].numel() if natural.dim() > 2 else natural[0].numel()
-    phi_of = next((d for d in made.values() if d.uses_features), None)
     flat = lambda x: x.reshape(x.shape[0], -1).double().cpu()  # noqa: E731
-    pools = {}
-    for key, x in (("nat", natural), ("adv", adversarial)):
-        pools[key] = (phi_of._phi(x) if phi_of is not None else None, flat(x))
+    inputs = {"nat": flat(natural), "adv": flat(adversarial)}
+    # Each feature source (a SAMMD's model or features callable) runs once over each pool.
+    features, source_of = {}, {}
+    for name, make in detectors.items():
+        det = make()
+        if getattr(det, "uses_features", False):
+            key = (id(det.model), id(det.features))
+            if key not in features:
+                features[key] = {"nat": det._phi(natural), "adv": det._phi(adversarial)}
+            source_of[name] = key
     gen = torch.Generator().manual_seed(seed)
-    out = {name: {"power_per_trial": [], "type_i_per_trial": []} for name in made}
+    out = {name: {"power_per_trial": [], "type_i_per_trial": []} for name in detectors}
 
-    def rows(key, idx):
-        f, i = pools[key]
-        return (f[idx] if f is not None else None), i[idx]
+    def rows(name, pool, idx):
+        f = features[source_of[name]][pool][idx] if name in source_of else None
+        return f, inputs[pool][idx]
 
     from ..training.logging import progress_bar, use_progress
     for _ in progress_bar(range(trials), total=trials, enabled=use_progress(progress),
                           desc="detection trials"):
         nat = torch.randperm(natural.shape[0], generator=gen)
         adv = torch.randperm(adversarial.shape[0], generator=gen)
-        held_nat, held_adv = nat[n:], adv[n:]
-
-        def power_draw():
-            a = held_nat[torch.randperm(held_nat.numel(), generator=gen)[:n]]
-            b = held_adv[torch.randperm(held_adv.numel(), generator=gen)[:n]]
-            fa, ia = rows("nat", a)
-            fb, ib = rows("adv", b)
-            return fa, ia, fb, ib
-
-        held_null = nat[2 * n:]
-
-        def null_draw():
-            pick = held_null[torch.randperm(held_null.numel(), generator=gen)[:2 * n]]
-            fa, ia = rows("nat", pick[:n])
-            fb, ib = rows("nat", pick[n:])
-            return fa, ia, fb, ib
-
+        held_nat, held_adv, held_null = nat[n:], adv[n:], nat[2 * n:]
         for name, make in detectors.items():
+            def power_draw():  # n held-out natural vs n held-out adversarial images
+                a = held_nat[torch.randperm(held_nat.numel(), generator=gen)[:n]]
+                b = held_adv[torch.randperm(held_adv.numel(), generator=gen)[:n]]
+                return (*rows(name, "nat", a), *rows(name, "adv", b))
+
+            def null_draw():  # two disjoint samples of n held-out natural images
+                pick = held_null[torch.randperm(held_null.numel(), generator=gen)[:2 * n]]
+                return (*rows(name, "nat", pick[:n]), *rows(name, "nat", pick[n:]))
+
             det = make()
-            fa, ia = rows("nat", nat[:n])
-            fb, ib = rows("adv", adv[:n])
-            det._fit(fa, ia, fb, ib, spatial)
+            det._fit(*rows(name, "nat", nat[:n]), *rows(name, "adv", adv[:n]), spatial)
             out[name]["power_per_trial"].append(_rate(det, power_draw, test_sets, alpha))
             if type_i:
                 det = make()
-                fa, ia = rows("nat", nat[:n])
-                fb, ib = rows("nat", nat[n:2 * n])
-                det._fit(fa, ia, fb, ib, spatial)
+                det._fit(*rows(name, "nat", nat[:n]), *rows(name, "nat", nat[n:2 * n]), spatial)
                 out[name]["type_i_per_trial"].append(_rate(det, null_draw, test_sets, alpha))
     for name, r in out.items():
         r["power"] = sum(r["power_per_trial"]) / trials

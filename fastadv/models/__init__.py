@@ -93,6 +93,10 @@ class Normalized(nn.Module):
         """The wrapped model's head weights (a multi-head model, :mod:`fastadv.models.heads`)."""
         return getattr(self.model, "head_weights", None)
 
+    def own_optimizers(self):
+        """The wrapped model's parameters with an optimizer of their own (DS-Net's α)."""
+        return own_optimizers(self.model)
+
     def forward(self, x, **kwargs):  # kwargs: a multi-head model's labels= and heads=
         return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype), **kwargs)
 

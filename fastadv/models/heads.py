@@ -3,8 +3,9 @@
 A multi-head model is an ``nn.Module`` with a ``head_weights`` attribute (one weight per head, the
 final head first) whose ``forward(x, labels=None, heads=False)``
 
-- returns the final logits [N, C] by default, so every attack, evaluation and AutoAttack uses it
-  as any other classifier;
+- returns the final logits [N, C] by default, so evaluations, AutoAttack and any other code use
+  it as any other classifier (fastadv's PGD-family attacks, which go through
+  ``Attack._check``, attack the weighted loss of all heads, as the official CIFS PGD does);
 - returns a tuple of logits, the final head first, with ``heads=True``; ``labels`` [N] may steer
   label-dependent layers in training mode (CIFS's masks use the true class there).
 
@@ -23,11 +24,11 @@ __all__ = ["head_weights", "forward_heads", "weighted_heads"]
 
 
 def _inner(model):
-    """The module under ``torch.compile`` and DDP wrappers (:class:`Normalized` forwards
-    ``head_weights`` itself)."""
+    """The module under ``torch.compile`` and (Distributed)DataParallel wrappers
+    (:class:`Normalized` forwards ``head_weights`` itself)."""
     model = getattr(model, "_orig_mod", model)
-    from torch.nn.parallel import DistributedDataParallel
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
 
 
 def head_weights(model) -> Optional[Tuple[float, ...]]:

@@ -29,8 +29,8 @@ class OwnOptimizer:
 
 def _inner(model):
     model = getattr(model, "_orig_mod", model)
-    from torch.nn.parallel import DistributedDataParallel
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
 
 
 def own_optimizers(model) -> List[OwnOptimizer]:
