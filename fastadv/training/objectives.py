@@ -71,7 +71,6 @@ def over_heads(model, loss_fn, *heads) -> Tensor:
     return weighted_heads(head_weights(model), [loss_fn(*zs) for zs in zip(*heads)])
 
 
-
 @dataclass(frozen=True)
 class EpochPlan:
     """What one epoch of a method runs with: its resolved ``settings`` (τ, ω, β, λ, …), the
