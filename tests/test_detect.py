@@ -79,6 +79,10 @@ def test_kernel_training_gradient_is_autograds(c):
     ia, ib = torch.rand(n, 9, dtype=torch.float64), torch.rand(n, 9, dtype=torch.float64)
     d = SAMMD._distances(fa, ia, fb, ib)
     params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (3.0, 1.7, c)]
+    eps = torch.sigmoid(params[2])  # the official kernel, written as the paper does
+    official = (1 - eps) * torch.exp(-d[0] / params[0] - d[1] / params[1] ** 2) + \
+        eps * torch.exp(-d[1] / params[1] ** 2)
+    torch.testing.assert_close(SAMMD._kernel(d, *params), official, rtol=1e-12, atol=0)
     mmd2, var = mmd2_and_variance(*SAMMD._kernel(d, *params).unbind(0))
     objective = -(mmd2 + 1e-8) / torch.sqrt(var + 1e-8)
     want = torch.autograd.grad(objective, params)

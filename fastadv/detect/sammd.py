@@ -110,11 +110,18 @@ class SAMMD:
                 torch.stack([sq_dists(ia, ia), sq_dists(ib, ib), sq_dists(ia, ib)]))
 
     @staticmethod
-    def _kernel(d, sigma_phi: Tensor, s: Tensor, c: Tensor) -> Tensor:
+    def _kernel_parts(d, sigma_phi: Tensor, s: Tensor, c: Tensor):
+        """``(K, E, F, ε)``: K = E·(ε + (1 − ε)F) = (1 − ε)·exp(−D_φ/σ_φ − D_q/σ_q) + ε·E with
+        E = exp(−D_q/σ_q), F = exp(−D_φ/σ_φ), σ_q = s², ε = sigmoid(c)."""
         dphi, dq = d
         eps = torch.sigmoid(c)
-        sigma_q = s * s
-        return (1 - eps) * torch.exp(-dphi / sigma_phi - dq / sigma_q) + eps * torch.exp(-dq / sigma_q)
+        e = torch.exp(dq * (-1.0 / (s * s)))
+        f = torch.exp(dphi * (-1.0 / sigma_phi))
+        return e * (eps + (1 - eps) * f), e, f, eps
+
+    @staticmethod
+    def _kernel(d, sigma_phi: Tensor, s: Tensor, c: Tensor) -> Tensor:
+        return SAMMD._kernel_parts(d, sigma_phi, s, c)[0]
 
     @property
     def sigma_phi(self) -> float:
@@ -168,17 +175,14 @@ class SAMMD:
         ∂K/∂s = 2·K·D_q/s³, ∂K/∂c = ε(1 − ε)·E·(1 − F)."""
         dphi, dq = d
         n = dphi.shape[1]
-        eps = torch.sigmoid(c)
-        e = torch.exp(dq * (-1.0 / (s * s)))
-        f = torch.exp(dphi * (-1.0 / sigma_phi))
-        k = e * (eps + (1 - eps) * f)
+        k, e, f, eps = SAMMD._kernel_parts(d, sigma_phi, s, c)
         kx, ky, kxy = k.unbind(0)
         mmd2, var = mmd2_and_variance(kx, ky, kxy)
         root = torch.sqrt(var.clamp_min(0) + 1e-8)
         objective = -(mmd2 + 1e-8) / root
         dm = -1.0 / root                                   # ∂J/∂MMD²
         # ∂J/∂var (zero where the clamp at 0 holds var, as the objective's own derivative)
-        dv = (mmd2 + 1e-8) / (2 * root ** 3) if float(var) > 0 else torch.zeros_like(root)
+        dv = torch.where(var > 0, (mmd2 + 1e-8) / (2 * root ** 3), torch.zeros_like(root))
         h = kx + ky - kxy - kxy.t()
         row = h.sum(1) / n
         gi = (8.0 / (n * n)) * (row - h.sum() / (n * n))  # ∂var/∂H_ij, a function of i alone

@@ -20,20 +20,14 @@ from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
+from ._unwrap import inner_module
+
 __all__ = ["head_weights", "forward_heads", "weighted_heads"]
-
-
-def _inner(model):
-    """The module under ``torch.compile`` and (Distributed)DataParallel wrappers
-    (:class:`Normalized` forwards ``head_weights`` itself)."""
-    model = getattr(model, "_orig_mod", model)
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
 
 
 def head_weights(model) -> Optional[Tuple[float, ...]]:
     """The head weights of a multi-head model (final head first), ``None`` for a plain model."""
-    w = getattr(_inner(model), "head_weights", None)
+    w = getattr(inner_module(model), "head_weights", None)
     return tuple(float(v) for v in w) if w is not None else None
 
 

@@ -15,6 +15,8 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ._unwrap import inner_module
+
 __all__ = ["OwnOptimizer", "own_optimizers", "weight_parameters"]
 
 
@@ -27,15 +29,9 @@ class OwnOptimizer:
     build: Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
 
 
-def _inner(model):
-    model = getattr(model, "_orig_mod", model)
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
-
-
 def own_optimizers(model) -> List[OwnOptimizer]:
     """What ``model`` declares (``[]`` for a model that declares nothing)."""
-    declare = getattr(_inner(model), "own_optimizers", None)
+    declare = getattr(inner_module(model), "own_optimizers", None)
     if declare is None:
         return []
     groups = list(declare())
