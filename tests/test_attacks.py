@@ -791,7 +791,58 @@ def test_pgd_targeted_modes_reach_their_targets():
         torch.manual_seed(5)
         assert torch.equal(atk(x, least), x_adv)  # the labels given are the targets
     with pytest.raises(ValueError, match="no targeted mode"):
-        attacks.EarlyStopPGD(model, eps=0.1).run(x, y, targets=least)
+        attacks.PGD(model, eps=0.1, loss="kl").run(x, y, targets=least)
+
+
+@pytest.mark.parametrize("tau", [0, 2])
+def test_early_stop_pgd_targeted_stops_at_the_target(tau):
+    """Targeted FAT: a row leaves once it is classified as its target and τ is spent. The
+    compacted run (targets packed with the rows) equals the masked full-batch run; a leaver's
+    x_adv is at its target; κ counts the checks that were not at the target."""
+    model = _habit_model()
+    torch.manual_seed(1)
+    x = torch.rand(40, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    targets = (y + 1 + torch.randint(0, 9, (40,))) % 10  # never the label
+    runs = []
+    for compact in (True, False):
+        torch.manual_seed(5)
+        runs.append(attacks.EarlyStopPGD(model, eps=0.3, alpha=0.05, steps=10, tau=tau,
+                                         compact=compact).run(x, y, targets=targets))
+    a, b = runs
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert a.updates.tolist() == b.updates.tolist() and a.kappa.tolist() == b.kappa.tolist()
+    left = a.updates < 10
+    assert 0 < int(left.sum()) < 40, a.updates  # a mixed batch: compaction moved targets
+    with torch.no_grad():
+        pred = model(a.x_adv).argmax(1)
+    assert torch.equal(pred[left], targets[left])
+    # κ of a leaver after k updates: k + 1 checks, τ + 1 of them at the target
+    assert a.kappa[left].tolist() == (a.updates[left] - tau).tolist()
+    assert a.rows_computed == a.bp_executed  # compacted: leavers are never computed again
+
+
+def test_early_stop_pgd_targeted_with_tau_k_is_targeted_pgd():
+    model = _habit_model()
+    torch.manual_seed(1)
+    x = torch.rand(24, 1, 8, 8)
+    y = torch.randint(0, 10, (24,))
+    targets = (y + 3) % 10
+    torch.manual_seed(6)
+    a = attacks.EarlyStopPGD(model, eps=0.2, alpha=0.05, steps=6, tau=6).run(x, y, targets=targets)
+    torch.manual_seed(6)
+    b = attacks.PGD(model, eps=0.2, alpha=0.05, steps=6).run(x, y, targets=targets)
+    assert torch.equal(a.x_adv, b.x_adv) and a.kappa.tolist() == b.kappa.tolist()
+    # the least-likely mode makes the same targets as passing them
+    with torch.no_grad():
+        least = model(x).argmin(1)
+    torch.manual_seed(6)
+    c = attacks.EarlyStopPGD(model, eps=0.2, alpha=0.05, steps=6, tau=0).run(x, y, targets=least)
+    torch.manual_seed(6)
+    d = attacks.EarlyStopPGD(model, eps=0.2, alpha=0.05, steps=6, tau=0) \
+        .set_mode_targeted_least_likely().run(x, y)
+    assert torch.equal(c.x_adv, d.x_adv) and c.updates.tolist() == d.updates.tolist()
 
 
 def test_normalization_hook_and_callable_loss():

@@ -52,6 +52,27 @@ def test_one_call_equals_pgd_i_on_each_chunk(k):
         torch.testing.assert_close(res.x_adv[rows], ref, rtol=0, atol=1e-12)
 
 
+def test_targeted_chunks_equal_targeted_pgd_i():
+    model = _model()
+    n, k = 11, 3
+    x = torch.rand(n, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 10, (n,))
+    targets = (y + 1 + torch.arange(n) % 9) % 10
+    atk = attacks.CurriculumPGD(model, eps=0.1, k=k, random_start=None)
+    torch.manual_seed(5)
+    factors = atk.chunk_factors()
+    torch.manual_seed(5)
+    res = atk.run(x, y, targets=targets)
+    budget = curriculum_budgets(n, k)
+    for i in range(1, k + 1):
+        rows = budget == i
+        ref = attacks.PGD(model, eps=0.1, alpha=float(0.1 * factors[i]), steps=i,
+                          random_start=None).run(x[rows], y[rows], targets=targets[rows])
+        torch.testing.assert_close(res.x_adv[rows], ref.x_adv, rtol=0, atol=1e-12)
+        # κ: the checks not at the target, as PGD counts them on the chunk alone
+        assert res.kappa[rows].tolist() == ref.kappa.tolist()
+
+
 def test_steps_follow_the_official_schedule():
     atk = attacks.CurriculumPGD(_model(), eps=0.3, k=12)
     torch.manual_seed(0)

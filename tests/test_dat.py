@@ -21,15 +21,17 @@ def _data(n=13, dtype=torch.float64):
     return torch.rand(n, 3, 4, 4, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
 
 
-def dat_by_hand(model, x_nat, y, eps, alpha, steps, threshold, start):
+def dat_by_hand(model, x_nat, y, eps, alpha, steps, threshold, start, targets=None):
     """The official algorithm on the full batch (no compaction): from x⁰ = start, the first step
-    always moves; at k >= 1 a row with c = ε‖g‖₁ − ⟨xᵏ − x⁰, g⟩ <= threshold stops for good."""
+    always moves; at k >= 1 a row with c = ε‖g‖₁ − ⟨xᵏ − x⁰, g⟩ <= threshold stops for good.
+    ``targets``: the targeted loss −CE(model(x), targets)."""
     x, x0 = start.clone(), start.clone()
     active = torch.ones(len(y), dtype=torch.bool)
     updates = torch.zeros(len(y), dtype=torch.int64)
     for k in range(steps):
         xr = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+        loss = F.cross_entropy(model(xr), y if targets is None else targets, reduction="sum")
+        (g,) = torch.autograd.grad(loss if targets is None else -loss, xr)
         c = eps * g.abs().flatten(1).sum(1) - ((x - x0) * g).flatten(1).sum(1)
         if k > 0:
             active &= c > threshold
@@ -56,6 +58,27 @@ def test_foscpgd_equals_the_official_loop(threshold):
     assert res.bp == int(updates.sum())
     assert res.checks.tolist() == torch.clamp(updates + 1, max=K).tolist()
     assert res.rows_computed == res.bp_executed  # compacted: stopped rows are never computed
+
+
+@pytest.mark.parametrize("threshold", [0.02, 0.05])
+def test_targeted_foscpgd_equals_the_official_loop_on_the_targeted_loss(threshold):
+    """The targets travel with the compacted rows: each row keeps pulling towards its own."""
+    model = _model()
+    x, y = _data()
+    targets = (y + 1 + torch.arange(len(y)) % 9) % 10
+    eps, alpha, K = 0.1, 0.025, 6
+    torch.manual_seed(3)
+    res = attacks.FOSCPGD(model, eps=eps, alpha=alpha, steps=K, threshold=threshold).run(
+        x, y, targets=targets)
+    torch.manual_seed(3)
+    start = ops.random_start(x, eps, "uniform")
+    want, updates = dat_by_hand(model, x, y, eps, alpha, K, threshold, start, targets)
+    assert res.updates.tolist() == updates.tolist()
+    assert 0 < int((updates < K).sum()) < len(y), updates  # rows stopped mid-run: targets compacted
+    torch.testing.assert_close(res.x_adv, want, rtol=0, atol=1e-12)
+    untargeted = attacks.FOSCPGD(model, eps=eps, alpha=alpha, steps=K, threshold=threshold)
+    torch.manual_seed(3)
+    assert not torch.equal(untargeted.run(x, y).x_adv, res.x_adv)  # the targets changed the loss
 
 
 def test_limits_pgd_and_one_step():

@@ -142,12 +142,12 @@ class Attack(TorchattacksHabits):
     device. ``loss`` may be a callable ``loss(logits, y)`` → per-sample losses [N] (or their sum)
     to maximise; ``loss(logits, y, targets)`` in a targeted mode.
 
-    Targeted (``run(x, y, targets=...)`` or a ``set_mode_targeted_*`` mode; attacks with
-    ``supports_targets``): the loss pulls each point towards its target (−CE to the target; the
-    C&W margin of the target over the others).
+    Targeted (``run(x, y, targets=...)`` or a ``set_mode_targeted_*`` mode; every attack): the
+    loss pulls each point towards its target (−CE to the target; the C&W margin of the target over
+    the others), an early stop judges "classified as the target" in place of "misclassified", and
+    ``kappa`` counts the checks at which the point resisted (untargeted: classified correctly;
+    targeted: not classified as its target). TRADES' ``loss="kl"`` has no targeted mode.
     """
-
-    supports_targets = False  # the early-stopping attacks judge misclassification only
 
     def __init__(self, model: Callable[[Tensor], Tensor], eps=8 / 255, alpha=2 / 255, steps: int = 10,
                  random_start="uniform", norm: str = "linf", loss: str = "ce", *,
@@ -189,9 +189,8 @@ class Attack(TorchattacksHabits):
         x_nat, y, eps, alpha = self._prepare(x, y)
         self._targets = None
         if targets is not None or self.target_mode != "default":
-            if not self.supports_targets:
-                raise ValueError(f"{type(self).__name__} has no targeted mode (use PGD, FGSM, CW or "
-                                 f"APGD)")
+            if self.loss == "kl":
+                raise ValueError("loss='kl' (TRADES) has no targeted mode")
             if targets is not None:
                 targets = _labels(_on(targets, x_nat), x_nat, "targets")
             with torch.no_grad(), model_eval_mode(self.model):
@@ -219,8 +218,6 @@ class Attack(TorchattacksHabits):
                     torch.cat([y_check, self._targets])
             with explain_dtype_errors(self.model, x_nat):
                 clean = self._clean_logits(x_nat) if self.loss == "kl" else None
-                if self.loss == "kl" and self._targets is not None:
-                    raise ValueError("loss='kl' (TRADES) has no targeted mode")
                 res = self._attack(x_nat, y, eps, alpha, clean, y_check)
         if not self._flags_read:
             self.host_read([])
@@ -301,8 +298,10 @@ class Attack(TorchattacksHabits):
         delta = g * scale.view((-1,) + (1,) * (g.dim() - 1))
         return (x_nat.to(dt) + delta).clamp_(self.clip_min, self.clip_max).to(x_nat.dtype)
 
-    def _check(self, x: Tensor, y: Tensor, clean: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """One check at iterate ``x``: the detached (final) logits and d loss / d x. A multi-head
+    def _check(self, x: Tensor, y: Tensor, clean: Optional[Tensor],
+               targets: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """One check at iterate ``x``: the detached (final) logits and d loss / d x; ``targets``:
+        the rows' target classes in a targeted run (the loss pulls towards them). A multi-head
         model (:mod:`fastadv.models.heads`, CIFS) gets the loss on every head, weighted as it
         declares; the checks judge its final head."""
         x = x.detach().requires_grad_(True)
@@ -321,7 +320,7 @@ class Attack(TorchattacksHabits):
         # Until the one host read has vetted the labels, the loss must not index with one out of
         # range (on CUDA that is a device-side assert): it sees them clamped.
         y_loss = y.clamp(0, c - 1)
-        t = None if self._targets is None else self._targets.clamp(0, c - 1)
+        t = None if targets is None else targets.clamp(0, c - 1)
         # TRADES' clean logits hold every head's side by side (so they compact as one tensor).
         cleans = [None] * len(heads) if clean is None else clean.split(c, dim=1)
         loss = weighted_heads(head_weights(self.model),
@@ -381,6 +380,13 @@ def _labels(y, x: Tensor, name: str) -> Tensor:
     if y.device != x.device:
         raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
     return y.to(torch.int64)
+
+
+def resisted(logits: Tensor, y_check: Tensor, targets: Optional[Tensor]) -> Tensor:
+    """Bool [M]: the rows the attack has not yet succeeded on at this check (κ counts them):
+    classified as ``y_check``; in a targeted run, not classified as the target."""
+    pred = logits.argmax(dim=1)
+    return pred == y_check if targets is None else pred != targets
 
 
 def full_result(x_adv: Tensor, kappa: Tensor, steps: int, n_checked: int) -> AttackResult:

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackResult, _check_float, _check_int
+from .base import Attack, AttackResult, _check_float, _check_int, resisted
 
 
 def curriculum_budgets(n: int, k: int) -> Tensor:
@@ -33,7 +33,8 @@ class CurriculumPGD(Attack):
     each step computes only those rows (a slice; finished rows are never touched again), and the
     whole mixed batch costs Σ_i i·|chunk i| row passes, as the official per-chunk calls do.
     ``alpha`` is unused (the step follows ε and i). The result's ``updates`` are the rows'
-    budgets; ``kappa`` counts the checks at which a row was classified correctly."""
+    budgets; ``kappa`` counts the checks at which a row was classified correctly (targeted: not
+    classified as its target). Targeted, each chunk's PGD pulls towards the rows' targets."""
 
     def __init__(self, model, eps=8 / 255, k: int = 1, step_scale: float = 2.0,
                  random_start="uniform", loss: str = "ce", **kw):
@@ -70,13 +71,15 @@ class CurriculumPGD(Attack):
             self._check_labels = y if self._check_labels is None else torch.cat(
                 [y, self._check_labels])
         kappa = torch.zeros(n, dtype=torch.int64, device=dev)
+        targets = self._targets
         rows_computed = 0
         for s in range(self.k):
             a = lo[s]
             if a == n:
                 break
-            logits, grad = self._check(x[a:], y[a:], None if clean is None else clean[a:])
-            kappa[a:] += logits.argmax(dim=1) == y_check[a:]
+            t = None if targets is None else targets[a:]
+            logits, grad = self._check(x[a:], y[a:], None if clean is None else clean[a:], t)
+            kappa[a:] += resisted(logits, y_check[a:], t)
             rows_computed += n - a
             self._step_(x[a:], grad, x_nat[a:], eps[a:], alpha[a:])  # in place on the view
         bp = int(budget_cpu.sum())

@@ -20,10 +20,20 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .base import Attack, AttackResult, _check_int
+from .base import Attack, AttackResult, _check_int, resisted
 
 # Columns of the per-row integer state, compacted together in one op per check.
-_INDEX, _LABEL, _BUDGET, _KAPPA, _UPDATES, _CHECK_LABEL = range(6)
+_INDEX, _LABEL, _BUDGET, _KAPPA, _UPDATES, _CHECK_LABEL, _TARGET = range(7)
+
+
+def verdict_labels(logits: Tensor, y_check: Tensor, targets: Optional[Tensor]) -> Tensor:
+    """The labels ``ops.early_stop_update_`` judges against. Its verdict is "argmax ≠ label"
+    (misclassified). In a targeted run the verdict is "argmax = target": the kernel then gets the
+    prediction itself where the target is missed and another class where it is hit."""
+    if targets is None:
+        return y_check
+    pred = logits.argmax(dim=1)
+    return torch.where(pred == targets, (pred + 1) % logits.shape[1], pred)
 
 
 class EarlyStopPGD(Attack):
@@ -35,7 +45,9 @@ class EarlyStopPGD(Attack):
     and these get one update ``x ← clip(proj(x + α·sign(g) + ω·N(0, I)))``. Survivors output x^K,
     unchecked. τ is cumulative (correct checks do not restore it); τ ≥ K is exactly PGD-K.
     ``kappa`` counts correct checks before leaving (GAIR-FAT's κ). The wrong/right test is always
-    against the true label, also with ``loss="kl"``.
+    against the true label, also with ``loss="kl"``. Targeted (``targets=`` or a
+    ``set_mode_targeted_*`` mode), "wrong" reads "classified as the target": a sample stops at its
+    target once τ is spent, and κ counts the checks at which it was not at its target.
     """
 
     def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps: int = 10, tau: int = 0,
@@ -60,22 +72,25 @@ class EarlyStopPGD(Attack):
                         clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         n, dev, K = x_nat.shape[0], x_nat.device, self.steps
         out = torch.empty_like(x_nat)            # x_adv in input order, filled as rows leave
-        final = torch.empty(n, 6, dtype=torch.int64, device=dev)  # the rows' final state
+        final = torch.empty(n, 7, dtype=torch.int64, device=dev)  # the rows' final state
         x = self._start(x_nat, eps)
         index = torch.arange(n, device=dev)
         budget = torch.full((n,), self.tau, dtype=torch.int64, device=dev)
         kappa = torch.zeros(n, dtype=torch.int64, device=dev)
         per_row = torch.stack([eps, alpha], dim=1)  # [M, 2] float32, compacted with the rows
+        targets = self._targets
+        target_col = y_check if targets is None else targets  # a placeholder when untargeted
         m, rows_computed = n, 0
         for k in range(K):
-            logits, grad = self._check(x, y, clean)
+            logits, grad = self._check(x, y, clean, targets)
             rows_computed += m
-            leave = ops.early_stop_update_(logits, y_check, budget, kappa)
+            leave = ops.early_stop_update_(logits, verdict_labels(logits, y_check, targets), budget, kappa)
             dest, m_next = ops.compaction_plan(leave)  # the one host read of this check
             if m_next == m:  # nobody left: a plain in-place step, nothing to move
                 self._step_(x, grad, x_nat, eps, alpha)
                 continue
-            state = torch.stack([index, y, budget, kappa, index.new_full((m,), k), y_check], dim=1)
+            state = torch.stack([index, y, budget, kappa, index.new_full((m,), k), y_check, target_col],
+                                dim=1)
             # Leavers' state goes to final[index] (k updates); the rest is packed in stable order.
             packed = ops.compact_rows(state, dest, m_next, index=index, leavers=final, check=False).t().contiguous()
             per_row = ops.compact_rows(per_row, dest, m_next, check=False)
@@ -83,8 +98,9 @@ class EarlyStopPGD(Attack):
                                           per_row)
             if clean is not None:
                 clean = ops.compact_rows(clean, dest, m_next, check=False)
-            index, y, budget, kappa, y_check = (packed[c] for c in (_INDEX, _LABEL, _BUDGET, _KAPPA,
-                                                                    _CHECK_LABEL))
+            index, y, budget, kappa, y_check, target_col = (
+                packed[c] for c in (_INDEX, _LABEL, _BUDGET, _KAPPA, _CHECK_LABEL, _TARGET))
+            targets = None if targets is None else target_col
             eps, alpha = per_row.t().contiguous().unbind(0)
             m = m_next
             if m == 0:
@@ -92,7 +108,8 @@ class EarlyStopPGD(Attack):
         if m:  # survivors: x^K, unchecked, K updates, back to their input rows
             no_dest = torch.full((m,), -1, dtype=torch.int64, device=dev)
             ops.compact_rows(x, no_dest, 0, index=index, leavers=out, check=False)
-            state = torch.stack([index, y, budget, kappa, index.new_full((m,), K), y_check], dim=1)
+            state = torch.stack([index, y, budget, kappa, index.new_full((m,), K), y_check, target_col],
+                                dim=1)
             ops.compact_rows(state, no_dest, 0, index=index, leavers=final, check=False)
         return self._result(out, final[:, _UPDATES], final[:, _KAPPA], rows_computed)
 
@@ -126,9 +143,9 @@ class EarlyStopPGD(Attack):
         rows_computed = 0
         view = (-1,) + (1,) * (x.dim() - 1)
         for _ in range(self.steps):
-            logits, grad = self._check(x, y, clean)
+            logits, grad = self._check(x, y, clean, self._targets)
             rows_computed += n
-            wrong = logits.argmax(dim=1) != y_check
+            wrong = ~resisted(logits, y_check, self._targets)
             leave = active & wrong & (budget == 0)
             budget -= (active & wrong & ~leave).long()
             kappa += active & ~wrong

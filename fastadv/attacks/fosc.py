@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .base import Attack, AttackResult, _check_float
+from .base import Attack, AttackResult, _check_float, resisted
 
 # Columns of the per-row integer state, compacted together.
-_INDEX, _LABEL, _CHECK_LABEL, _KAPPA, _UPDATES = range(5)
+_INDEX, _LABEL, _CHECK_LABEL, _KAPPA, _UPDATES, _TARGET = range(6)
 
 
 class FOSCPGD(Attack):
@@ -26,7 +26,9 @@ class FOSCPGD(Attack):
 
     ``FOSCPGD(model, eps=8/255, alpha=2/255, steps=10, threshold=0.5, random_start="uniform",
     loss="ce")``. The result's ``updates`` count each row's steps, ``checks`` its forward/backward
-    passes (a row that stops at check k paid k + 1), ``kappa`` its correctly classified checks.
+    passes (a row that stops at check k paid k + 1), ``kappa`` its correctly classified checks
+    (targeted: the checks not at its target). Targeted, the loss is −CE to the target (the FOSC
+    then measures how far the row is from that loss's stationary point).
     """
 
     def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps: int = 10, threshold: float = 0.5,
@@ -44,17 +46,19 @@ class FOSCPGD(Attack):
                 clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         n, dev, K = x_nat.shape[0], x_nat.device, self.steps
         out = torch.empty_like(x_nat)  # x_adv in input order, filled as rows stop
-        final = torch.empty(n, 5, dtype=torch.int64, device=dev)
+        final = torch.empty(n, 6, dtype=torch.int64, device=dev)
         x = self._start(x_nat, eps)
         x_start = x.clone()  # x⁰ of the FOSC
         index = torch.arange(n, device=dev)
         kappa = torch.zeros(n, dtype=torch.int64, device=dev)
         per_row = torch.stack([eps, alpha], dim=1)
+        targets = self._targets
+        target_col = y_check if targets is None else targets  # a placeholder when untargeted
         m, rows_computed = n, 0
         for k in range(K):
-            logits, grad = self._check(x, y, clean)
+            logits, grad = self._check(x, y, clean, targets)
             rows_computed += m
-            kappa += logits.argmax(dim=1) == y_check
+            kappa += resisted(logits, y_check, targets)
             with torch.no_grad():  # c(xᵏ) and the step of the rows that go on, one pass
                 c = ops.linf_fosc_step_(x, grad, x_nat, x_start, eps, alpha, self.threshold,
                                         always=k == 0, clip_min=self.clip_min,
@@ -65,7 +69,7 @@ class FOSCPGD(Attack):
             dest, m_next = ops.compaction_plan(stop)  # the one host read of this check
             if m_next == m:
                 continue
-            state = torch.stack([index, y, y_check, kappa, index.new_full((m,), k)], dim=1)
+            state = torch.stack([index, y, y_check, kappa, index.new_full((m,), k), target_col], dim=1)
             packed = ops.compact_rows(state, dest, m_next, index=index, leavers=final,
                                       check=False).t().contiguous()
             x = ops.compact_rows(x, dest, m_next, index=index, leavers=out, check=False)
@@ -75,14 +79,16 @@ class FOSCPGD(Attack):
                 clean = ops.compact_rows(clean, dest, m_next, check=False)
             per_row = ops.compact_rows(per_row, dest, m_next, check=False)
             eps, alpha = per_row.t().contiguous().unbind(0)
-            index, y, y_check, kappa = (packed[c] for c in (_INDEX, _LABEL, _CHECK_LABEL, _KAPPA))
+            index, y, y_check, kappa, target_col = (
+                packed[c] for c in (_INDEX, _LABEL, _CHECK_LABEL, _KAPPA, _TARGET))
+            targets = None if targets is None else target_col
             m = m_next
             if m == 0:
                 break
         if m:  # rows that never stopped: x^K, K updates
             no_dest = torch.full((m,), -1, dtype=torch.int64, device=dev)
             ops.compact_rows(x, no_dest, 0, index=index, leavers=out, check=False)
-            state = torch.stack([index, y, y_check, kappa, index.new_full((m,), K)], dim=1)
+            state = torch.stack([index, y, y_check, kappa, index.new_full((m,), K), target_col], dim=1)
             ops.compact_rows(state, no_dest, 0, index=index, leavers=final, check=False)
         updates = final[:, _UPDATES]
         checks = torch.clamp(updates + 1, max=K)  # a row stopped at check k ran k + 1 checks

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackResult, full_result
+from .base import Attack, AttackResult, full_result, resisted
 
 
 class PGD(Attack):
@@ -17,18 +17,17 @@ class PGD(Attack):
     ``loss="cw"`` the C&W margin loss with ``confidence``. With ``norm="l2"``, the uniform random
     start is drawn in the L2 ball (a random direction times ε·U(0, 1), as torchattacks' PGDL2), not
     in the L∞ box of SPEC §1's ``ops.random_start``. The result's ``kappa`` counts the checks
-    k = 0 … K−1 at which the sample was classified correctly (GAIRAT's κ, at no extra cost).
+    k = 0 … K−1 at which the sample was classified correctly (GAIRAT's κ, at no extra cost;
+    targeted: not classified as its target).
     """
-
-    supports_targets = True  # no compaction: a targeted loss is all it takes
 
     def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
                 clean: Optional[Tensor], y_check: Tensor) -> AttackResult:
         x = self._start(x_nat, eps)
         kappa = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         for _ in range(self.steps):
-            logits, grad = self._check(x, y, clean)
-            kappa += logits.argmax(dim=1) == y_check
+            logits, grad = self._check(x, y, clean, self._targets)
+            kappa += resisted(logits, y_check, self._targets)
             self._step_(x, grad, x_nat, eps, alpha)
         return full_result(x, kappa, self.steps, self.steps * x.shape[0])
 
