@@ -93,6 +93,13 @@ def write_markdown(result: dict, path: str) -> None:
                      f"{f['robust_after']:.2%} | {f.get('forward', 0)} | {f.get('backward', 0)} |")
     if result.get("partial"):
         lines += ["", "(Partial: written after each attack; the run had not reached the end.)"]
+    if have_official and "compaction_bound" in result:
+        b = result["compaction_bound"]
+        lines += ["", f"The floor for any exact method: the official code spends {b['floor_seconds']:.1f} s "
+                      f"of its {result['official_seconds']:.1f} s on points that stay robust through the "
+                      f"attack at hand (every one of their iterations must run), so dropping broken "
+                      f"points can make it at most {b['max_speedup']:.2f}× faster; the rest must come "
+                      f"from cheaper passes."]
     if have_official:
         tot_o, tot_f = result["official_seconds"], result["fastadv_seconds"]
         lines += ["", f"Total: official {tot_o:.1f} s, fastadv {tot_f:.1f} s ({tot_o / tot_f:.2f}× faster); "
@@ -213,7 +220,20 @@ def model_info(args, clean, rows, robust, have_official) -> dict:
         if rows[who]:
             result[f"{who}_seconds"] = sum(r["seconds"] for r in rows[who].values())
             result[f"{who}_robust"] = float(robust[who].float().mean())
+    if rows["official"]:
+        result["compaction_bound"] = compaction_bound(rows["official"], args.points)
     return result
+
+
+def compaction_bound(official: dict, points: int) -> dict:
+    """What compaction alone can save against the official code. Each official attack runs every
+    iteration on every point it gets; a point that stays robust through it needs all of them in
+    any exact method too. So the time an attack spends on its robust-after points,
+    ``seconds · robust_after / points_in`` (its time split evenly over its points), is a floor."""
+    floor = sum(r["seconds"] * r["robust_after"] * points / max(r["points_in"], 1)
+                for r in official.values())
+    total = sum(r["seconds"] for r in official.values())
+    return {"floor_seconds": floor, "max_speedup": total / floor if floor else float("inf")}
 
 
 def _save(args, result: dict, partial: bool) -> None:
