@@ -97,6 +97,9 @@ def _train_epilog() -> str:
     return "\n".join(rows)
 
 
+AUTOATTACK_VERSIONS = ("standard", "lite", "plus", "rand")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .training.config import LR_SCHEDULES, METHODS, WEIGHT_FUNCS
     p = argparse.ArgumentParser(prog="fastadv", description="Fast, exact adversarial training.")
@@ -259,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
                         "pgd+ (5 restarts x 40 steps), autoattack, aa-lite, apgd-ce, apgd-t, fab-t, "
                         "square; default: natural fgsm pgd20 cw30")
     e.add_argument("--autoattack", nargs="?", const="standard", default=None,
-                   choices=("standard", "lite", "plus", "rand"),
+                   choices=AUTOATTACK_VERSIONS,
                    help="add AutoAttack (default version: standard) to --attacks")
     e.add_argument("--eps", type=_number, default=None,
                    help="L-inf radius (default: the checkpoint's training eps)")
@@ -592,8 +595,20 @@ def cli_names(text: str) -> str:
     return re.sub(rf"(?<![\w.$/\\'\"-])({under})(?![\w/\\])", flag, text)  # not inside a path
 
 
+def _autoattack_flag_before_path(argv: List[str]) -> List[str]:
+    """``eval --autoattack run/best.pt``: the optional version would swallow the checkpoint (and
+    argparse then calls it an invalid version). A bare ``--autoattack`` followed by a word that is
+    not a version means the standard version, so it becomes ``--autoattack=standard``."""
+    out = list(argv)
+    for i, tok in enumerate(out[:-1]):
+        nxt = out[i + 1]
+        if tok == "--autoattack" and nxt not in AUTOATTACK_VERSIONS and not nxt.startswith("-"):
+            out[i] = "--autoattack=standard"
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_autoattack_flag_before_path(sys.argv[1:] if argv is None else argv))
     handler = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot,
                "compare": cmd_compare, "audit-labels": cmd_audit_labels,
                "detect": cmd_detect}[args.command]

@@ -90,6 +90,21 @@ def test_eval_autoattack(run_dir, tmp_path, capsys):
     assert "aa-lite" in capsys.readouterr().out
 
 
+def test_autoattack_flag_before_the_checkpoint(tmp_path, capsys):
+    from fastadv.cli import _autoattack_flag_before_path, _parser
+    parse = lambda *a: _parser().parse_args(_autoattack_flag_before_path(["eval", *a]))
+    args = parse("--autoattack", "run/best.pt")
+    assert (args.autoattack, args.checkpoint) == ("standard", "run/best.pt")
+    args = parse("--autoattack", "lite", "run/best.pt")
+    assert (args.autoattack, args.checkpoint) == ("lite", "run/best.pt")
+    args = parse("run/best.pt", "--autoattack")
+    assert (args.autoattack, args.checkpoint) == ("standard", "run/best.pt")
+    # through main: the path is read as the checkpoint (a missing file), not as a version
+    assert main(["eval", "--autoattack", str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "none.pt" in err and "invalid choice" not in err
+
+
 def test_train_with_autoattack_lite_column(tmp_path, capsys):
     out = tmp_path / "aa-run"
     assert main(["train", "--method", "at", *TINY, "--eval-autoattack", "lite", "--out-dir", str(out)]) == 0
