@@ -57,8 +57,10 @@ PGD_PLUS = {"restarts": 5, "steps": 40, "alpha": 0.01, "eps": 0.031}  # the offi
 
 class Evaluation:
     """One named evaluation: ``robust(model, x, y, eps, any_iterate)`` → bool [N], True where
-    the sample resists it. ``note(eps)``: a line for the log, or None."""
+    the sample resists it. ``note(eps)``: a line for the log, or None. ``whole_set``: ``evaluate``
+    calls ``robust`` once on all its samples (held on the device) instead of batch by batch."""
     name = ""
+    whole_set = False
 
     def robust(self, model, x: Tensor, y: Tensor, eps: float, any_iterate: bool) -> Tensor:
         raise NotImplementedError
@@ -135,19 +137,22 @@ class PGDPlus(PGDEval):
 
 
 class AutoAttackEval(Evaluation):
-    """AutoAttack (a version, or one of its attacks alone), seed 0, on each evaluation batch as
-    one AutoAttack batch (the official code batches the robust points of the whole set by 250:
-    the random starts differ, the protocol does not); the sanity checks run on the first batch."""
+    """AutoAttack (a version, or one of its attacks alone), seed 0. In ``evaluate`` it runs once
+    on the whole set, as the official code does: each attack on the points still robust, in
+    batches of 250, the sanity checks on the first batch. ``adversarial`` (``fastadv detect``)
+    runs it on each batch it is given."""
+    whole_set = True
 
     def __init__(self, name: str, version: str = "standard", attacks: Optional[tuple] = None):
         self.name, self.version, self.attacks = name, version, attacks
         self.checked = False
+        self.progress: Optional[bool] = False
 
     def _run(self, model, x, y, eps):
         from .attacks import AutoAttack
         aa = AutoAttack(model, eps=eps, version="custom" if self.attacks else self.version,
-                        attacks=self.attacks, seed=0, batch_size=max(1, x.shape[0]),
-                        sanity_checks=not self.checked)
+                        attacks=self.attacks, seed=0, sanity_checks=not self.checked,
+                        progress=self.progress)
         self.checked = True
         return aa.run(x, y)
 
@@ -343,13 +348,27 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
     seconds = {name: 0.0 for name in specs}
     n = 0
     from .training.logging import progress_bar, use_progress
+    show = use_progress(progress) and rank == 0
+    per_batch = {k: v for k, v in specs.items() if not v.whole_set}
+    whole = {k: v for k, v in specs.items() if v.whole_set}  # AutoAttack: once, on every sample
+    held_x, held_y = [], []
     try:
         batches = _batches(data, batch_size, device, max_samples, rank, world)
         total = _num_batches(data, batch_size, max_samples, world)
-        for x, y in progress_bar(batches, total, use_progress(progress) and rank == 0,
-                                 desc=f"evaluating ({', '.join(specs)})"):
+        for x, y in progress_bar(batches, total, show, desc=f"evaluating ({', '.join(specs)})"):
             n += x.shape[0]
-            for name, spec in specs.items():
+            if whole:
+                held_x.append(x)
+                held_y.append(y)
+            for name, spec in per_batch.items():
+                t0 = time.perf_counter()
+                correct[name] += int(spec.robust(model, x, y, float(eps), any_iterate).sum())
+                seconds[name] += time.perf_counter() - t0
+        if whole and held_x:
+            x, y = torch.cat(held_x), torch.cat(held_y)
+            del held_x, held_y
+            for name, spec in whole.items():
+                spec.progress = show  # its own bar, over each attack's batches
                 t0 = time.perf_counter()
                 correct[name] += int(spec.robust(model, x, y, float(eps), any_iterate).sum())
                 seconds[name] += time.perf_counter() - t0

@@ -83,6 +83,31 @@ def test_autoattack_and_attack_objects_in_evaluate(means_data):
     assert r2["accuracy"]["pgd20"] == pytest.approx(want)
 
 
+def test_autoattack_in_evaluate_runs_once_on_the_whole_set():
+    """As the official code: one AutoAttack over every evaluated sample (its own batches of 250),
+    whatever the evaluation's batch size; so the result equals AutoAttack.run on the whole set."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    x = torch.rand(60, 1, 4, 4)
+    y = torch.randint(0, 10, (60,))
+    calls = []
+    real_run = fastadv.attacks.AutoAttack.run
+
+    def spy(self, xx, yy, targets=None):
+        calls.append(xx.shape[0])
+        return real_run(self, xx, yy, targets)
+    fastadv.attacks.AutoAttack.run = spy
+    try:
+        r = fastadv.evaluate(model, (x, y), attacks=("natural", "aa-lite"), eps=0.05, batch_size=16,
+                             verbose=False)
+    finally:
+        fastadv.attacks.AutoAttack.run = real_run
+    assert calls == [60]  # once, on all four evaluation batches' samples
+    want = fastadv.attacks.AutoAttack(model, eps=0.05, version="lite").run(x, y).robust
+    assert r["accuracy"]["aa-lite"] == pytest.approx(100.0 * float(want.double().mean()))
+    assert 0 < r["accuracy"]["aa-lite"] < r["accuracy"]["natural"]
+
+
 @pytest.mark.parametrize("any_iterate", [False, True])
 def test_accuracies_match_closed_form(means_data, any_iterate, tmp_path, capsys):
     x, y, m = means_data

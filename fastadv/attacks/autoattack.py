@@ -53,10 +53,10 @@ class AutoAttack(EvalAttack):
     Options: ``attacks`` (a custom sequence of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
     ``fab-t``, ``square``, with ``version="custom"``); ``batch_size`` (250, as the official code);
     ``verbose`` (print the official log's lines), ``log_path`` (append them to a file);
-    ``progress`` (a bar; None: when stdout is a terminal); ``compact`` (False: every iteration on
-    every row, for comparison); ``autocast="bf16"`` (the model under bf16 autocast, used only
-    if APGD-CE with it agrees with fp32 on the first ``autocast_check`` points; the clean pass and
-    the re-check of broken points stay in fp32); ``sanity_checks`` (False skips the official
+    ``progress`` (a bar over each attack's batches; None: when stdout is a terminal);
+    ``compact`` (False: every iteration on every row, for comparison); ``autocast="bf16"`` (the
+    model under bf16 autocast, used only if APGD-CE with it agrees with fp32 on the first
+    ``autocast_check`` points; the clean pass and the re-check of broken points stay in fp32); ``sanity_checks`` (False skips the official
     checks, e.g. on every batch after the first).
 
     Example::
@@ -131,7 +131,7 @@ class AutoAttack(EvalAttack):
                               self._forward, self._backward, [], {}, {})
         attacks = list(self.attacks)
         self._say(f"using {self.version} version including {', '.join(attacks)}.")
-        from ..training.logging import progress_bar, use_progress
+        from ..training.logging import use_progress
         with self._eval_mode():  # the model's modes are restored after the run
             if self.sanity_checks:
                 self._sanity_checks(x[:self.batch_size], y[:self.batch_size])
@@ -142,13 +142,13 @@ class AutoAttack(EvalAttack):
             broken_by = [None if r else "clean" for r in robust.tolist()]
             x_adv = x.clone()
             seconds, start = {}, time.perf_counter()
-            bar = progress_bar(range(len(attacks)), len(attacks), use_progress(self.progress),
-                               desc="AutoAttack")
-            for name, _ in zip(attacks, bar):
+            show = use_progress(self.progress)
+            for k, name in enumerate(attacks):
                 idx = robust.nonzero().flatten()
                 if idx.numel() == 0:
                     break
-                self._attack_points(name, x, y, idx, robust, x_adv, broken_by)
+                self._attack_points(name, x, y, idx, robust, x_adv, broken_by,
+                                    desc=f"AutoAttack {k + 1}/{len(attacks)} {name}" if show else None)
                 accuracy[name] = float(robust.float().mean())
                 seconds[name] = time.perf_counter() - start
                 self._say(f"robust accuracy after {name.upper()}: {accuracy[name]:.2%} "
@@ -162,12 +162,14 @@ class AutoAttack(EvalAttack):
         return EvalResult(x_adv.to(self._in_dtype), robust, self._forward, self._backward,
                           broken_by, accuracy, seconds, list(self._log), list(self.warnings))
 
-    def _attack_points(self, name, x, y, idx, robust, x_adv, broken_by) -> None:
+    def _attack_points(self, name, x, y, idx, robust, x_adv, broken_by, desc=None) -> None:
         """Run attack ``name`` on the robust points ``idx``, in batches; a point it breaks is
-        verified (the model misclassifies its x_adv, evaluated alone) before it counts."""
+        verified (the model misclassifies its x_adv, evaluated alone) before it counts.
+        ``desc``: a progress bar over the batches, with this title."""
+        from ..training.logging import progress_bar
         sub = self.subattacks[name]
         n_batches = math.ceil(idx.numel() / self.batch_size)
-        for b in range(n_batches):
+        for b in progress_bar(range(n_batches), n_batches, desc is not None, desc=desc or ""):
             rows = idx[b * self.batch_size:(b + 1) * self.batch_size]
             with self._autocast_ctx():
                 res = sub.run(x[rows], y[rows])
