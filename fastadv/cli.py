@@ -20,7 +20,6 @@ else is a bug and keeps its traceback. ``--debug`` shows the traceback of every 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from fractions import Fraction
