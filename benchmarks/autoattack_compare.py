@@ -9,7 +9,9 @@ and fastadv's forward/backward passes are recorded. torchattacks' ``AutoAttack``
 version: its own settings) runs once after.
 
 The official code is not on PyPI: install it (``pip install git+https://github.com/fra31/auto-attack``)
-or put its folder on PYTHONPATH; without it the benchmark says so and times fastadv alone.
+or put its folder on PYTHONPATH; without it the benchmark says so and times fastadv alone. On a
+machine without network (the GPU check), put its ``autoattack`` package under ``.official/`` in the
+repository (git-ignored; never committed): ``scripts/gpu_check.sh`` then adds it to PYTHONPATH.
 
     python -m benchmarks.autoattack_compare --points 1000 --out benchmarks/results/autoattack_mnist_cpu
     python -m benchmarks.autoattack_compare --dataset cifar10 --device cuda --points 1000 \
@@ -67,9 +69,9 @@ def _model(args, tmp: Path):
     return model
 
 
-def _official(model, eps, attack):
+def _official(model, eps, attack, device):
     from autoattack import AutoAttack as OfficialAA
-    aa = OfficialAA(model, norm="Linf", eps=eps, seed=0, device="cpu", version="standard", verbose=False)
+    aa = OfficialAA(model, norm="Linf", eps=eps, seed=0, device=device, version="standard", verbose=False)
     aa.attacks_to_run = [attack]  # the standard version's settings, one attack
     return aa
 
@@ -168,14 +170,17 @@ def main(argv=None) -> int:
     for k, attack in enumerate(STANDARD):
         order = ["fastadv", "official"] if k % 2 == 0 else ["official", "fastadv"]
         for who in order:
-            if who == "official" and (not have_official or args.device != "cpu"):
+            if who == "official" and not have_official:
                 continue
             idx = robust[who].nonzero().flatten()
             t0 = time.perf_counter()
             if who == "official":
-                adv = _official(model, args.eps, attack).run_standard_evaluation(x[idx], y[idx], bs=250)
+                adv = _official(model, args.eps, attack, args.device).run_standard_evaluation(
+                    x[idx], y[idx], bs=250)
                 with torch.no_grad():
                     still = model(adv).argmax(1) == y[idx]
+                if args.device != "cpu":
+                    torch.cuda.synchronize()
                 extra = {}
             else:
                 res = AutoAttack(model, eps=args.eps, attacks=[attack]).run(x[idx], y[idx])

@@ -16,6 +16,8 @@
 #   autoattack (issue #12; not in the default list: GPU_CHECK_STAGES=autoattack) PreActResNet-18
 #             AT on the CIFAR-10 subset of ../shared/data, then AutoAttack standard on 1,000 test
 #             points, per-attack seconds and passes                  -> autoattack_cifar10.json (limit 420 s)
+#             With the official code under .official/ (carry it), both run attack by attack; then
+#             GPU_CHECK_AA_POINTS=200 keeps the pair within the limit.
 #   architectures (issue #14; not in the default list: GPU_CHECK_STAGES=architectures) PGD-10 AT
 #             epochs of CIFS-ResNet-18 and DS-Net (small and official) beside PreActResNet-18,
 #             images/s                                                -> architectures.json/.md (limit 150 s)
@@ -96,8 +98,12 @@ for stage in kernels backends attack epoch architectures; do
 done
 
 if want autoattack; then
+  # The official code, when a session put it under .official/ (git-ignored; carried to the device),
+  # runs beside fastadv attack by attack; GPU_CHECK_AA_POINTS sets the test points (default 1000).
+  PYTHONPATH="$PWD/.official${PYTHONPATH:+:$PYTHONPATH}" \
   run autoattack 420 autoattack.log $PY -m benchmarks.autoattack_compare --dataset cifar10 --device cuda \
-    --points 1000 --train 4000 --epochs 5 --no-torchattacks --out "$OUT/autoattack_cifar10"
+    --points "${GPU_CHECK_AA_POINTS:-1000}" --train 4000 --epochs 5 --no-torchattacks \
+    --out "$OUT/autoattack_cifar10"
 fi
 
 {
