@@ -129,3 +129,25 @@ def test_cli_prints_without_out(data, tmp_path, capsys):
     assert "### " + KERN in capsys.readouterr().out
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "missing.json")])
+
+
+def test_autoattack_compaction_floor(tmp_path):
+    """The official time spent on points that stay robust through each attack: attack A gets
+    100 points, 50 stay robust (floor 0.5 × 10 s); attack B gets those 50, all stay (20 s)."""
+    from benchmarks.autoattack_compare import compaction_bound, write_markdown
+    official = {"a": {"seconds": 10.0, "points_in": 100, "robust_after": 0.25},
+                "b": {"seconds": 20.0, "points_in": 50, "robust_after": 0.25}}
+    b = compaction_bound(official, points=200)  # robust_after is a share of all 200 points
+    assert b["floor_seconds"] == pytest.approx(5.0 + 20.0)
+    assert b["max_speedup"] == pytest.approx(30.0 / 25.0)
+    assert compaction_bound({"a": {"seconds": 3.0, "points_in": 10, "robust_after": 0.0}}, 10) == \
+        {"floor_seconds": 0.0, "max_speedup": float("inf")}
+    fast = {k: dict(v, seconds=v["seconds"] / 2) for k, v in official.items()}
+    result = {"eps": 0.3, "points": 200, "clean": 0.5, "torch": "x", "threads": 1, "machine": "m",
+              "date": "d", "runs": {"official": official, "fastadv": fast}, "official_seconds": 30.0,
+              "fastadv_seconds": 15.0, "official_robust": 0.25, "fastadv_robust": 0.25,
+              "agree_point_for_point": True, "compaction_bound": b}
+    write_markdown(result, str(tmp_path / "aa.md"))
+    text = (tmp_path / "aa.md").read_text()
+    assert "spends 25.0 s of its 30.0 s" in text and "at most 1.20× faster" in text
+    assert "| a | 100 | 10.0 | 5.0 | 2.00× |" in text
