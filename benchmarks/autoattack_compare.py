@@ -95,7 +95,7 @@ def write_markdown(result: dict, path: str) -> None:
                      f"{f['robust_after']:.2%} | {f.get('forward', 0)} | {f.get('backward', 0)} |")
     if result.get("partial"):
         lines += ["", "(Partial: written after each attack; the run had not reached the end.)"]
-    if have_official and "compaction_bound" in result:
+    if have_official and (result.get("compaction_bound") or {}).get("max_speedup"):
         b = result["compaction_bound"]
         lines += ["", f"The floor for any exact method: the official code spends {b['floor_seconds']:.1f} s "
                       f"of its {result['official_seconds']:.1f} s on points that stay robust through the "
@@ -238,7 +238,7 @@ def compaction_bound(official: dict, points: int) -> dict:
     floor = sum(r["seconds"] * r["robust_after"] * points / max(r["points_in"], 1)
                 for r in official.values())
     total = sum(r["seconds"] for r in official.values())
-    return {"floor_seconds": floor, "max_speedup": total / floor if floor else float("inf")}
+    return {"floor_seconds": floor, "max_speedup": total / floor if floor else None}  # None: no floor
 
 
 def _save(args, result: dict, partial: bool) -> None:

@@ -596,12 +596,14 @@ def cli_names(text: str) -> str:
 
 def _autoattack_flag_before_path(argv: List[str]) -> List[str]:
     """``eval --autoattack run/best.pt``: the optional version would swallow the checkpoint (and
-    argparse then calls it an invalid version). A bare ``--autoattack`` followed by a word that is
-    not a version means the standard version, so it becomes ``--autoattack=standard``."""
+    argparse then calls it an invalid version). A bare ``--autoattack`` followed by a checkpoint
+    (a word ending in .pt/.pth, or a path that exists) means the standard version, so it becomes
+    ``--autoattack=standard``; any other word stays a version (a typo gets argparse's error)."""
     out = list(argv)
     for i, tok in enumerate(out[:-1]):
         nxt = out[i + 1]
-        if tok == "--autoattack" and nxt not in AUTOATTACK_VERSIONS and not nxt.startswith("-"):
+        if tok == "--autoattack" and nxt not in AUTOATTACK_VERSIONS and (
+                nxt.endswith((".pt", ".pth")) or os.path.exists(nxt)):
             out[i] = "--autoattack=standard"
     return out
 

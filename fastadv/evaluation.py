@@ -139,20 +139,22 @@ class PGDPlus(PGDEval):
 class AutoAttackEval(Evaluation):
     """AutoAttack (a version, or one of its attacks alone), seed 0. In ``evaluate`` it runs once
     on the whole set, as the official code does: each attack on the points still robust, in
-    batches of 250, the sanity checks on the first batch. ``adversarial`` (``fastadv detect``)
-    runs it on each batch it is given."""
+    batches of 250 (or the evaluation's smaller batch size), the sanity checks on the first batch;
+    the set waits on the CPU and each batch goes to the model's device. ``adversarial``
+    (``fastadv detect``) runs it on each batch it is given."""
     whole_set = True
 
     def __init__(self, name: str, version: str = "standard", attacks: Optional[tuple] = None):
         self.name, self.version, self.attacks = name, version, attacks
         self.checked = False
         self.progress: Optional[bool] = False
+        self.batch_size = 250  # the official batch; evaluate lowers it to its own batch size
 
     def _run(self, model, x, y, eps):
         from .attacks import AutoAttack
         aa = AutoAttack(model, eps=eps, version="custom" if self.attacks else self.version,
                         attacks=self.attacks, seed=0, sanity_checks=not self.checked,
-                        progress=self.progress)
+                        progress=self.progress, batch_size=self.batch_size)
         self.checked = True
         return aa.run(x, y)
 
@@ -300,7 +302,8 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
              alpha: Optional[float] = None, pgd_plus_alpha: Optional[float] = None) -> Dict:
     """Accuracy (percent) of ``model`` (an ``nn.Module`` or any callable returning logits) under
     each of ``attacks``: names (see the module doc) or attack objects (``atk(x, y)`` → x_adv).
-    ``progress``: a bar over the batches (``None``: only when stdout is a terminal). ``alpha``:
+    ``progress``: a bar over the batches (``None``: only when stdout is a terminal; AutoAttack,
+    which runs once on the whole set after them, has a bar per attack). ``alpha``:
     the step of the pgdK and cwK attacks instead of ε/4 (the official FAT-TRADES and FAT-MART
     scripts evaluate with 0.003); ``pgd_plus_alpha``: pgd+'s step instead of 0.01·ε/0.031."""
     if not callable(model):
@@ -357,9 +360,9 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
         total = _num_batches(data, batch_size, max_samples, world)
         for x, y in progress_bar(batches, total, show, desc=f"evaluating ({', '.join(specs)})"):
             n += x.shape[0]
-            if whole:
-                held_x.append(x)
-                held_y.append(y)
+            if whole:  # held on the CPU: AutoAttack moves one batch at a time to the device
+                held_x.append(x.cpu())
+                held_y.append(y.cpu())
             for name, spec in per_batch.items():
                 t0 = time.perf_counter()
                 correct[name] += int(spec.robust(model, x, y, float(eps), any_iterate).sum())
@@ -369,6 +372,7 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
             del held_x, held_y
             for name, spec in whole.items():
                 spec.progress = show  # its own bar, over each attack's batches
+                spec.batch_size = min(spec.batch_size, batch_size)
                 t0 = time.perf_counter()
                 correct[name] += int(spec.robust(model, x, y, float(eps), any_iterate).sum())
                 seconds[name] += time.perf_counter() - t0

@@ -823,6 +823,15 @@ def test_early_stop_pgd_targeted_stops_at_the_target(tau):
     assert a.rows_computed == a.bp_executed  # compacted: leavers are never computed again
 
 
+def test_targeted_early_stop_needs_two_classes():
+    one = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    x = torch.rand(3, 1, 8, 8)
+    zeros = torch.zeros(3, dtype=torch.int64)
+    for compact in (True, False):
+        with pytest.raises(ValueError, match="at least 2 classes"):
+            attacks.EarlyStopPGD(one, eps=0.1, steps=2, compact=compact).run(x, zeros, targets=zeros)
+
+
 def test_early_stop_pgd_targeted_with_tau_k_is_targeted_pgd():
     model = _habit_model()
     torch.manual_seed(1)

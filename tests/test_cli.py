@@ -99,6 +99,9 @@ def test_autoattack_flag_before_the_checkpoint(tmp_path, capsys):
     assert (args.autoattack, args.checkpoint) == ("lite", "run/best.pt")
     args = parse("run/best.pt", "--autoattack")
     assert (args.autoattack, args.checkpoint) == ("standard", "run/best.pt")
+    with pytest.raises(SystemExit):  # a mistyped version stays argparse's "invalid choice"
+        parse("--autoattack", "lte", "run/best.pt")
+    assert "invalid choice: 'lte'" in capsys.readouterr().err
     # through main: the path is read as the checkpoint (a missing file), not as a version
     assert main(["eval", "--autoattack", str(tmp_path / "none.pt")]) == 2
     err = capsys.readouterr().err

@@ -178,3 +178,21 @@ def test_attacks_and_one_training_epoch_on_cuda():
                         progress=False)
     assert len(res.history) == 1 and next(res.model.parameters()).is_cuda
     assert 0 < res.history[0]["bp_avg"] < 10  # FAT τ = 1 saves backward passes
+
+
+def test_autoattack_keeps_the_points_where_the_caller_has_them():
+    """The official habit: the set stays on the CPU, each batch of 250 goes to the model's GPU;
+    the verdicts equal those of the same run with the points already on the GPU."""
+    from fastadv.attacks import AutoAttack
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10)).to(DEV).eval()
+    x = torch.rand(300, 3, 4, 4)
+    y = torch.randint(0, 10, (300,))
+    on_host = AutoAttack(model, eps=0.1, version="lite", batch_size=128).run(x, y)
+    on_gpu = AutoAttack(model, eps=0.1, version="lite", batch_size=128).run(x.to(DEV), y.to(DEV))
+    assert on_host.x_adv.device.type == "cpu" and on_host.robust.device.type == "cpu"
+    assert torch.equal(on_host.robust, on_gpu.robust.cpu())
+    assert torch.equal(on_host.forward, on_gpu.forward.cpu())
+    torch.testing.assert_close(on_host.x_adv, on_gpu.x_adv.cpu(), rtol=0, atol=0)

@@ -13,7 +13,9 @@ lite        APGD-CE → APGD-T (9): fastadv's cheap version for monitoring (an u
 As in the official code the points still robust go through each attack in batches of
 ``batch_size`` (250), and each attack seeds its generator with ``seed`` on every batch, so the
 random starts are the official ones. A point counts as broken only when the model, run once more on
-its ``x_adv`` alone, misclassifies it.
+its ``x_adv`` alone, misclassifies it. The points stay where the caller has them (the CPU, say) and
+each batch goes to the model's device, as in the official code, so a whole test set needs no room
+on the GPU; ``x_adv`` comes back beside ``x``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .base import model_device
 from .apgd import APGD, APGDT
 from .eval_base import EvalAttack, EvalResult
 from .fab import FAB
@@ -120,9 +123,10 @@ class AutoAttack(EvalAttack):
         if targets is not None or self.target_mode != "default":
             raise ValueError("AutoAttack is untargeted (APGD-T and FAB-T choose their own targets); "
                              "use APGD, FAB or Square for a targeted attack")
-        x, y = self._inputs(x, y)
+        x, y = self._inputs(x, y, move=False)  # the points stay where they are; batches move
         n = x.shape[0]
-        self._in_dtype, self._device_type = x.dtype, x.device.type
+        self._dev = model_device(self.model) or x.device  # where the model runs
+        self._in_dtype, self._device_type = x.dtype, self._dev.type
         self._forward = torch.zeros(n, dtype=torch.int64, device=x.device)
         self._backward = torch.zeros_like(self._forward)
         self.warnings, self._log = [], []
@@ -134,7 +138,7 @@ class AutoAttack(EvalAttack):
         from ..training.logging import use_progress
         with self._eval_mode():  # the model's modes are restored after the run
             if self.sanity_checks:
-                self._sanity_checks(x[:self.batch_size], y[:self.batch_size])
+                self._sanity_checks(x[:self.batch_size].to(self._dev), y[:self.batch_size].to(self._dev))
             robust = self._clean_pass(x, y)
             self._autocast_ok = self._check_autocast(x, y)
             accuracy = {"clean": float(robust.float().mean())}
@@ -172,26 +176,28 @@ class AutoAttack(EvalAttack):
         for b in progress_bar(range(n_batches), n_batches, desc is not None, desc=desc or ""):
             rows = idx[b * self.batch_size:(b + 1) * self.batch_size]
             with self._autocast_ctx():
-                res = sub.run(x[rows], y[rows])
-            self._forward[rows] += res.forward
-            self._backward[rows] += res.backward
+                res = sub.run(x[rows], y[rows])  # on the model's device
+            host = x.device
+            self._forward[rows] += res.forward.to(host)
+            self._backward[rows] += res.backward.to(host)
             for w in res.warnings:
                 self._warn(w, emit=False)  # the attack has already warned
-            claimed = (~res.robust).nonzero().flatten()
+            claimed = (~res.robust).nonzero().flatten()  # on the model's device
             fooled = 0
             if claimed.numel():
+                on_host = rows[claimed.to(host)]
                 with torch.no_grad():
-                    pred = self.logits(res.x_adv[claimed].to(x.dtype), count=rows[claimed]).argmax(1)
-                ok = pred != y[rows[claimed]]
+                    pred = self.logits(res.x_adv[claimed].to(x.dtype), count=on_host).argmax(1)
+                ok = pred != y[on_host].to(pred.device)
                 if not bool(ok.all()):
                     why = ("its passes ran under autocast, the re-check in fp32" if self._autocast_ok
                            else "rounding differs between batch sizes")
                     self._warn(f"{name}: {int((~ok).sum())} points it reported broken are classified "
                                f"correctly when their x_adv is evaluated again on its own ({why}); "
                                f"they stay robust")
-                good = rows[claimed[ok]]
+                good = on_host[ok.to(host)]
                 robust[good] = False
-                x_adv[good] = res.x_adv[claimed[ok]].to(x_adv.dtype)
+                x_adv[good] = res.x_adv[claimed[ok]].to(device=host, dtype=x_adv.dtype)
                 for i in good.tolist():
                     broken_by[i] = name
                 fooled = int(ok.sum())
@@ -202,9 +208,10 @@ class AutoAttack(EvalAttack):
         with torch.no_grad():
             for lo in range(0, x.shape[0], self.batch_size):
                 rows = torch.arange(lo, min(lo + self.batch_size, x.shape[0]), device=x.device)
-                logits = self.logits(x[rows], count=rows)
-                self._check_classes(logits, y[rows], "y")
-                robust[rows] = logits.argmax(1) == y[rows]
+                logits = self.logits(x[rows].to(self._dev), count=rows)
+                labels = y[rows].to(self._dev)
+                self._check_classes(logits, labels, "y")
+                robust[rows] = (logits.argmax(1) == labels).to(x.device)
         return robust
 
     @contextlib.contextmanager
@@ -297,11 +304,11 @@ class AutoAttack(EvalAttack):
         if self._mean is not None:
             probe.set_normalization_used(self._mean, self._std)
         runs = [probe.run(x[:m], y[:m])]
-        with torch.autocast(x.device.type, dtype=AUTOCAST[self.autocast]):
+        with torch.autocast(self._device_type, dtype=AUTOCAST[self.autocast]):
             runs.append(probe.run(x[:m], y[:m]))
         for r in runs:  # the probe's passes are part of the run's cost
-            self._forward[:m] += r.forward
-            self._backward[:m] += r.backward
+            self._forward[:m] += r.forward.to(x.device)
+            self._backward[:m] += r.backward.to(x.device)
         ref, low = runs[0].robust, runs[1].robust
         differ = int((ref != low).sum())
         self._say(f"autocast {self.autocast}: APGD-CE on {m} points gives {int(low.sum())} robust "

@@ -26,7 +26,8 @@ class AttackResult:
     """What an attack did, per sample and in total (input order throughout).
 
     ``updates``: PGD updates each sample received; ``checks``: checks (forward + backward at an
-    iterate) it went through; ``kappa``: checks at which it was classified correctly (GAIRAT's κ);
+    iterate) it went through; ``kappa``: checks at which it was classified correctly (GAIRAT's κ;
+    in a targeted run: not classified as its target);
     ``bp`` = Σ updates (the papers' "BP": PGD-K = K per sample); ``bp_executed`` = Σ checks (the
     backward passes that ran, per sample); ``rows_computed``: rows that went through a forward and
     backward pass in total (= ``bp_executed`` when compacted; more with a fixed-shape mask).
@@ -192,11 +193,11 @@ class Attack(TorchattacksHabits):
             if self.loss == "kl":
                 raise ValueError("loss='kl' (TRADES) has no targeted mode")
             if targets is not None:
-                targets = _labels(_on(targets, x_nat), x_nat, "targets")
-            with torch.no_grad(), model_eval_mode(self.model):
-                clean = self._forward(x_nat) if x_nat.shape[0] else None
-            if clean is not None:
-                self._targets, y = self._targets_and_labels(clean, y, targets)
+                self._targets = _labels(_on(targets, x_nat), x_nat, "targets")
+            elif x_nat.shape[0]:  # a mode: its targets come from the clean logits
+                with torch.no_grad(), model_eval_mode(self.model):
+                    clean = self._forward(x_nat)
+                self._targets, y = self._targets_and_labels(clean, y, None)
         y_check = y if check_labels is None else _labels(_on(check_labels, x_nat), x_nat, "check_labels")
         n = x_nat.shape[0]
         if n == 0:
@@ -382,11 +383,21 @@ def _labels(y, x: Tensor, name: str) -> Tensor:
     return y.to(torch.int64)
 
 
+def check_targeted_classes(logits: Tensor) -> None:
+    """A targeted run needs a target other than the label: at least 2 classes."""
+    if logits.shape[1] < 2:
+        raise ValueError(f"targets: a targeted attack needs a model with at least 2 classes, got "
+                         f"{logits.shape[1]}")
+
+
 def resisted(logits: Tensor, y_check: Tensor, targets: Optional[Tensor]) -> Tensor:
     """Bool [M]: the rows the attack has not yet succeeded on at this check (κ counts them):
     classified as ``y_check``; in a targeted run, not classified as the target."""
     pred = logits.argmax(dim=1)
-    return pred == y_check if targets is None else pred != targets
+    if targets is None:
+        return pred == y_check
+    check_targeted_classes(logits)
+    return pred != targets
 
 
 def full_result(x_adv: Tensor, kappa: Tensor, steps: int, n_checked: int) -> AttackResult:

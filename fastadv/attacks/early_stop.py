@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .base import Attack, AttackResult, _check_int, resisted
+from .base import Attack, AttackResult, _check_int, check_targeted_classes, resisted
 
 # Columns of the per-row integer state, compacted together in one op per check.
 _INDEX, _LABEL, _BUDGET, _KAPPA, _UPDATES, _CHECK_LABEL, _TARGET = range(7)
@@ -32,6 +32,7 @@ def verdict_labels(logits: Tensor, y_check: Tensor, targets: Optional[Tensor]) -
     prediction itself where the target is missed and another class where it is hit."""
     if targets is None:
         return y_check
+    check_targeted_classes(logits)
     pred = logits.argmax(dim=1)
     return torch.where(pred == targets, (pred + 1) % logits.shape[1], pred)
 

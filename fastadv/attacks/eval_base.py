@@ -173,7 +173,9 @@ class EvalAttack(TorchattacksHabits):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared pieces
-    def _inputs(self, x, y) -> tuple[Tensor, Tensor]:
+    def _inputs(self, x, y, move: bool = True) -> tuple[Tensor, Tensor]:
+        """``x``, ``y`` checked; moved to the model's device (``move=False``: left where they are,
+        for AutoAttack, which moves one batch at a time)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in FLOAT_DTYPES:
@@ -181,9 +183,11 @@ class EvalAttack(TorchattacksHabits):
         if x.dim() < 2:
             raise ValueError(f"x must be a batch [N, ...] of inputs, got shape {tuple(x.shape)}")
         device = model_device(self.model)
-        if device is not None:  # torchattacks' habit: inputs go where the model is
+        if device is not None and move:  # torchattacks' habit: inputs go where the model is
             x = x.to(device)
             y = y.to(device) if isinstance(y, Tensor) else y
+        elif device is not None and isinstance(y, Tensor) and y.device != x.device:
+            y = y.to(x.device)  # the labels stay with the inputs, wherever those are
         y = _labels(y, x, "y")
         x = x.detach()
         if x.numel() and bool(((x < 0) | (x > 1) | torch.isnan(x)).any()):

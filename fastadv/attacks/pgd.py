@@ -34,7 +34,8 @@ class PGD(Attack):
 
 class GAPGD(PGD):
     """GAIRAT's GA-PGD: K full PGD steps, with κ = the number of checks k ∈ {0 … K−1} at which
-    ``argmax f(x^k) = y`` (SPEC §2.2). A trajectory that flips back to correct keeps counting."""
+    ``argmax f(x^k) = y`` (SPEC §2.2; targeted: ``≠ target``). A trajectory that flips back to
+    correct keeps counting."""
 
 
 class FGSM(PGD):
