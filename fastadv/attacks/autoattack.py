@@ -59,8 +59,8 @@ class AutoAttack(EvalAttack):
     ``progress`` (a bar over each attack's batches; None: when stdout is a terminal);
     ``compact`` (False: every iteration on every row, for comparison); ``autocast="bf16"`` (the
     model under bf16 autocast, used only if APGD-CE with it agrees with fp32 on the first
-    ``autocast_check`` points; the clean pass and the re-check of broken points stay in fp32); ``sanity_checks`` (False skips the official
-    checks, e.g. on every batch after the first).
+    ``autocast_check`` points; the clean pass and the re-check of broken points stay in fp32);
+    ``sanity_checks`` (False skips the official checks, e.g. on every batch after the first).
 
     Example::
 
