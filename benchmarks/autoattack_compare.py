@@ -56,8 +56,8 @@ def _model(args, tmp: Path):
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     # ε grows to its value over the AT epochs (AT at ε = 0.3 from a fresh model collapses to a
     # constant classifier in a few epochs).
-    ramp = [args.eps * (e + 1) / args.epochs for e in range(args.epochs)]
-    for method, eps in [("standard", args.eps)] + [("at", e) for e in ramp]:
+    ramp = [args.train_eps * (e + 1) / args.epochs for e in range(args.epochs)]
+    for method, eps in [("standard", args.train_eps)] + [("at", e) for e in ramp]:
         trainer = Trainer(model, opt, method, eps=eps, alpha=eps / 4, steps=10,
                           device=args.device, progress=False)
         trainer.fit(BatchLoader(train, batch_size=64 if mnist else 128, seed=0, device=args.device),
@@ -84,7 +84,14 @@ def write_markdown(result: dict, path: str) -> None:
              f"{result['points']} {result.get('dataset', 'mnist')} test points, clean accuracy "
              f"{result['clean']:.2%}; torch {result['torch']}, {result['threads']} thread(s), "
              f"{result['machine']}, {result['date']}. Each attack runs on the points still robust "
-             f"after the previous ones; the two codes alternate attack by attack.", "",
+             f"after the previous ones; the two codes alternate attack by attack.", ""]
+    m = result.get("model")
+    if m:
+        arch = "a small CNN" if result.get("dataset", "mnist") == "mnist" else "a PreActResNet-18"
+        lines += [f"The model: `{m['path']}`, {arch} trained by this benchmark on {m['train_images']} training images: one natural "
+                  f"epoch, then {m['at_epochs']} epochs of PGD-10 AT with ε rising to "
+                  f"{m['train_eps']:.4g}, SGD lr {m['lr']:g}.", ""]
+    lines += [
              "| attack | points in | official s | fastadv s | ratio | official robust | fastadv robust "
              "| fastadv fwd | fastadv bwd |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for attack, f in runs["fastadv"].items():
@@ -111,7 +118,8 @@ def write_markdown(result: dict, path: str) -> None:
     if "torchattacks" in result:
         t = result["torchattacks"]
         lines += ["", f"torchattacks {t['version']} `AutoAttack(version='standard')`: {t['seconds']:.1f} s, "
-                      f"robust accuracy {t['robust']:.2%} (its own settings, not the official ones)."]
+                      f"robust accuracy {t['robust']:.2%} (its own settings, not the official ones; "
+                      f"run once on all the points after the pairs above, not interleaved)."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -122,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
     p.add_argument("--device", default="cpu")
     p.add_argument("--eps", type=float, default=None, help="default: 0.3 on MNIST, 8/255 on CIFAR-10")
+    p.add_argument("--train-eps", type=float, default=None,
+                   help="the AT model's training eps (default: --eps); evaluating above it makes "
+                        "more points break inside the attacks")
     p.add_argument("--train", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.05)
@@ -133,8 +144,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.eps is None:
         args.eps = 0.3 if args.dataset == "mnist" else 8 / 255
+    if args.train_eps is None:
+        args.train_eps = args.eps
     if args.model is None:
-        args.model = str(REPO / "benchmarks" / "results" / ".cache" / f"aa_{args.dataset}_at.pt")
+        args.model = str(REPO / "benchmarks" / "results" / ".cache"
+                         / f"aa_{args.dataset}_at_eps{args.train_eps:.4g}.pt")
 
     import torch
     torch.set_num_threads(args.threads)
@@ -219,6 +233,8 @@ def model_info(args, clean, rows, robust, have_official) -> dict:
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.platform()} ({platform.processor() or platform.machine()})",
               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "runs": rows,
+              "model": {"path": os.path.relpath(args.model, REPO), "train_images": args.train,
+                        "at_epochs": args.epochs, "lr": args.lr, "train_eps": args.train_eps},
               "agree_point_for_point": (bool((robust["fastadv"] == robust["official"]).all())
                                         if have_official else None)}
     for who in rows:
