@@ -243,7 +243,7 @@ def test_cifs_probes_learn_while_the_masked_head_starts_slowly():
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     pooled = {}
     model.linear.register_forward_pre_hook(lambda mod, inp: pooled.__setitem__("f", inp[0]))
-    for _ in range(30):
+    for _ in range(100):  # 30 steps left the linear probe near chance on some CPUs (AVX2)
         i = torch.randint(0, 256, (32,))
         model.train()
         loss = sum(F.cross_entropy(z, y[i]) for z in model(x[i], labels=y[i], heads=True))
@@ -254,7 +254,8 @@ def test_cifs_probes_learn_while_the_masked_head_starts_slowly():
     with torch.no_grad():
         heads = model(x[:128], heads=True)
     acc = [float((z.argmax(1) == y[:128]).float().mean()) for z in heads]
-    assert acc[1] > 0.3 and acc[2] > 0.3  # the nonlinear and the linear probe (chance: 0.1)
+    assert acc[1] > 0.6 and acc[2] > 0.6  # the probes: 0.91-0.98 measured over 3 seeds (chance 0.1)
+    assert acc[0] < 0.3  # the masked final head: still at chance (0.11-0.12)
     assert float(pooled["f"].abs().mean()) < 0.01  # the masked features: about 1/512 of f
 
 
