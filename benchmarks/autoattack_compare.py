@@ -14,6 +14,8 @@ machine without network (the GPU check), put its ``autoattack`` package under ``
 repository (git-ignored; never committed): ``scripts/gpu_check.sh`` then adds it to PYTHONPATH.
 
     python -m benchmarks.autoattack_compare --points 1000 --out benchmarks/results/autoattack_mnist_cpu
+    python -m benchmarks.autoattack_compare --points 1000 --eps 0.35 --train-eps 0.3 \
+        --out benchmarks/results/autoattack_mnist_eps0.35_cpu
     python -m benchmarks.autoattack_compare --dataset cifar10 --device cuda --points 1000 \
         --train 4000 --epochs 5 --no-torchattacks --out benchmarks/results/gpu/autoattack_cifar10
 """

@@ -83,7 +83,7 @@ def test_autoattack_and_attack_objects_in_evaluate(means_data):
     assert r2["accuracy"]["pgd20"] == pytest.approx(want)
 
 
-def test_autoattack_in_evaluate_runs_once_on_the_whole_set():
+def test_autoattack_in_evaluate_runs_once_on_the_whole_set(monkeypatch):
     """As the official code: one AutoAttack over every evaluated sample (its own batches of 250),
     whatever the evaluation's batch size; so the result equals AutoAttack.run on the whole set."""
     torch.manual_seed(0)
@@ -96,12 +96,10 @@ def test_autoattack_in_evaluate_runs_once_on_the_whole_set():
     def spy(self, xx, yy, targets=None):
         calls.append(xx.shape[0])
         return real_run(self, xx, yy, targets)
-    fastadv.attacks.AutoAttack.run = spy
-    try:
-        r = fastadv.evaluate(model, (x, y), attacks=("natural", "aa-lite"), eps=0.05, batch_size=16,
-                             verbose=False)
-    finally:
-        fastadv.attacks.AutoAttack.run = real_run
+    monkeypatch.setattr(fastadv.attacks.AutoAttack, "run", spy)
+    r = fastadv.evaluate(model, (x, y), attacks=("natural", "aa-lite"), eps=0.05, batch_size=16,
+                         verbose=False)
+    monkeypatch.undo()
     assert calls == [60]  # once, on all four evaluation batches' samples
     want = fastadv.attacks.AutoAttack(model, eps=0.05, version="lite").run(x, y).robust
     assert r["accuracy"]["aa-lite"] == pytest.approx(100.0 * float(want.double().mean()))

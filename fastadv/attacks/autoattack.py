@@ -172,12 +172,12 @@ class AutoAttack(EvalAttack):
         ``desc``: a progress bar over the batches, with this title."""
         from ..training.logging import progress_bar
         sub = self.subattacks[name]
+        host = x.device  # where the points and the per-point records live
         n_batches = math.ceil(idx.numel() / self.batch_size)
         for b in progress_bar(range(n_batches), n_batches, desc is not None, desc=desc or ""):
             rows = idx[b * self.batch_size:(b + 1) * self.batch_size]
             with self._autocast_ctx():
                 res = sub.run(x[rows], y[rows])  # on the model's device
-            host = x.device
             self._forward[rows] += res.forward.to(host)
             self._backward[rows] += res.backward.to(host)
             for w in res.warnings:
