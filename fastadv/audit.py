@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
+from .errors import UserError, UserTypeError
 
 
 @dataclass
@@ -47,7 +48,7 @@ class LabelAudit:
     def suspects(self, fraction: float = 0.1) -> Tensor:
         """The dataset indices of the most suspect ``fraction`` of the examples."""
         if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+            raise UserError(f"fraction must be in (0, 1], got {fraction!r}")
         return self.order[:max(1, round(fraction * len(self.kappa)))]
 
     def precision_recall(self, flipped: Tensor, fraction: Optional[float] = None) -> Dict[str, float]:
@@ -55,12 +56,12 @@ class LabelAudit:
         of the lowest-κ ``fraction`` (default: the flipped fraction), and the base rate."""
         flipped = torch.as_tensor(flipped, dtype=torch.bool).cpu()
         if flipped.shape != self.kappa.shape:
-            raise ValueError(f"flipped must have shape {tuple(self.kappa.shape)}, got "
+            raise UserError(f"flipped must have shape {tuple(self.kappa.shape)}, got "
                              f"{tuple(flipped.shape)}")
         n_flipped = int(flipped.sum())
         if fraction is None:
             if n_flipped == 0:
-                raise ValueError("flipped: no example is marked; give fraction= to score the "
+                raise UserError("flipped: no example is marked; give fraction= to score the "
                                  "suspects anyway")
             fraction = n_flipped / len(flipped)
         picked = self.suspects(fraction)
@@ -124,7 +125,7 @@ def kappa_audit(model: nn.Module, data, eps: float, alpha: Optional[float] = Non
     (None: the global RNG, advanced)."""
     from .training.checks import check_attack_budget, check_number
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise UserTypeError(f"model must be an nn.Module, got {type(model).__name__}")
     alpha = eps / 4 if alpha is None else alpha
     check_attack_budget(eps, alpha, steps)
     check_number("batch_size", batch_size, minimum=1, integer=True)
@@ -163,7 +164,7 @@ def _kappa_audit(model, data, eps, alpha, steps, batch_size, device, max_samples
     finally:
         model.train(was_training)
     if not labels:
-        raise ValueError("data: no examples to audit")
+        raise UserError("data: no examples to audit")
     return LabelAudit(torch.cat(labels), torch.cat(kappas), torch.cat(margins), steps)
 
 

@@ -24,6 +24,7 @@ import os
 import sys
 from fractions import Fraction
 from typing import List, Optional
+from .errors import UserError
 
 
 def _number(text: str) -> float:
@@ -349,10 +350,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_linf_options(args, *names: str) -> None:
+    """The L-inf sizes the user typed (--eps, --alpha, ...), checked before any work: on [0, 1]
+    images none can exceed 1 (``--eps 8`` is a slip for 8/255)."""
+    from .training.checks import check_linf_size
+    for name in names:
+        if getattr(args, name, None) is not None:
+            check_linf_size(name, getattr(args, name), strict=name != "eps")
+
+
 def cmd_eval(args) -> int:
     from .training import distributed as dist_utils
     from .training.config import check_device
     check_device(args.device)
+    _check_linf_options(args, "eps", "alpha", "pgd_plus_alpha")
     device, created = dist_utils.init_distributed(args.device)
     try:
         return _cmd_eval(args, device)
@@ -371,14 +382,14 @@ def _load_run(checkpoint: str, args, device):
     meta = state.get("meta") or {}
     missing = [k for k in ("model", "num_classes", "in_channels") if k not in meta]
     if missing:
-        raise ValueError(f"checkpoint: {checkpoint} lacks {missing} (not written by fastadv train)")
+        raise UserError(f"checkpoint: {checkpoint} lacks {missing} (not written by fastadv train)")
     model = models.create(meta["model"], num_classes=meta["num_classes"],
                           in_channels=meta["in_channels"])
     load_model_state(model, state["model"], checkpoint)
     model.to(device).eval()
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
-        raise ValueError("--dataset: the checkpoint names no dataset; pass --dataset")
+        raise UserError("--dataset: the checkpoint names no dataset; pass --dataset")
     # The data folder is the user's (--data-dir, $FASTADV_DATA), never one named in the checkpoint:
     # a checkpoint from elsewhere must not choose which files this process reads.
     data = load_dataset(dataset, data_dir=args.data_dir, split=args.split, download=args.download,
@@ -394,7 +405,7 @@ def _cmd_eval(args, device) -> int:
     state, meta, model, dataset, data = _load_run(args.checkpoint, args, device)
     eps = args.eps if args.eps is not None else meta.get("eps")
     if eps is None:
-        raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
+        raise UserError("--eps: the checkpoint holds no eps; pass --eps")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    f"eval_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
     rank = dist_utils.get_rank()
@@ -423,6 +434,7 @@ def cmd_audit_labels(args) -> int:
     from .audit import kappa_audit, summary_lines
     from .training.config import check_device
     check_device(args.device)
+    _check_linf_options(args, "eps", "alpha")
     if not 0 < args.fraction <= 1:  # before the audit's work, not after
         from .errors import UserError
         raise UserError(f"--fraction: the share of suspects listed, in (0, 1], got {args.fraction:g}")
@@ -436,7 +448,7 @@ def cmd_audit_labels(args) -> int:
     cfg = state.get("config") or {}
     eps = args.eps if args.eps is not None else meta.get("eps", cfg.get("eps"))
     if eps is None:
-        raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
+        raise UserError("--eps: the checkpoint holds no eps; pass --eps")
     steps = args.steps if args.steps is not None else cfg.get("steps") or 10
     alpha = args.alpha if args.alpha is not None else cfg.get("alpha")
     limit = args.max_samples
@@ -465,19 +477,24 @@ def cmd_audit_labels(args) -> int:
 
 def cmd_detect(args) -> int:
     import json
+    import re
     import torch
     from .detect import GaussianMMD, SAMMD, detection_trials
     from .errors import UserError
     from .evaluation import parse_attack
     from .training.config import check_device
     check_device(args.device)
+    _check_linf_options(args, "eps")
     for name, v, lo in (("--n", args.n, 2), ("--trials", args.trials, 1),
                         ("--test-sets", args.test_sets, 1), ("--fit-steps", args.fit_steps, 0)):
         if v < lo:
             raise UserError(f"{name}: must be >= {lo}, got {v}")
     if not 0 < args.level < 1:
         raise UserError(f"--level: the tests' level, in (0, 1), got {args.level:g}")
-    attack = parse_attack(args.attack)  # an unknown name fails before any work
+    try:
+        attack = parse_attack(args.attack)  # an unknown name fails before any work
+    except UserError as e:  # evaluate's option is `attacks`; this command's flag is --attack
+        raise UserError(re.sub(r"^attacks:", "--attack:", str(e))) from e
     from .evaluation import Evaluation
     if type(attack).adversarial is Evaluation.adversarial:
         attack.adversarial(None, None, None, None)  # its one-line refusal, before any work
@@ -485,7 +502,7 @@ def cmd_detect(args) -> int:
     state, meta, model, dataset, data = _load_run(args.checkpoint, args, device)
     eps = args.eps if args.eps is not None else meta.get("eps")
     if eps is None:
-        raise ValueError("--eps: the checkpoint holds no eps; pass --eps")
+        raise UserError("--eps: the checkpoint holds no eps; pass --eps")
     need = (4 if args.type_i else 2) * args.n + 2 * args.n
     if len(data) < need:
         raise UserError(f"--n: {dataset} {args.split} has {len(data)} images, the protocol needs "
@@ -537,7 +554,7 @@ def _check_eval_data(data, meta, dataset: str) -> None:
         trained = info.shape if info is not None else None
     if trained is not None and tuple(data.shape) != trained:
         fmt = lambda s: "×".join(map(str, s))  # noqa: E731
-        raise ValueError(f"dataset: {dataset} has {fmt(data.shape)} images but the model was trained "
+        raise UserError(f"dataset: {dataset} has {fmt(data.shape)} images but the model was trained "
                          f"on {meta.get('dataset', '?')} ({fmt(trained)}); evaluate it on data of "
                          f"that shape")
     if meta.get("dataset") and meta["dataset"] != dataset:
@@ -580,7 +597,8 @@ def cli_names(text: str) -> str:
     ``model`` only in those forms: it is also a word)."""
     import re
     from .training.config import OPTION_NAMES
-    names = sorted(set(OPTION_NAMES) | {"max_samples", "any_iterate", "attacks", "split"},
+    names = sorted(set(OPTION_NAMES) | {"max_samples", "any_iterate", "attacks", "split",
+                                        "pgd_plus_alpha"},
                    key=len, reverse=True)
     alt = "|".join(map(re.escape, names))
     flag = lambda m: "--" + m.group(1).replace("_", "-")  # noqa: E731

@@ -51,6 +51,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .errors import UserError, UserTypeError
+
 DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "cw30")
 PGD_PLUS = {"restarts": 5, "steps": 40, "alpha": 0.01, "eps": 0.031}  # the official script's
 
@@ -70,7 +72,7 @@ class Evaluation:
 
     def adversarial(self, model, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """The attack's x_adv (``fastadv detect``'s adversarial data)."""
-        raise ValueError(f"attack: {self.name} scores points over restarts and makes no single "
+        raise UserError(f"attack: {self.name} scores points over restarts and makes no single "
                          f"adversarial example; use pgdK, fgsm, cwK, an AutoAttack name or an "
                          f"attack object")
 
@@ -190,7 +192,7 @@ def parse_attack(name) -> Evaluation:
     if not isinstance(name, str):
         if callable(name):
             return CallableEval(name)
-        raise TypeError(f"attacks: names must be strings or attack objects, got {name!r}")
+        raise UserTypeError(f"attacks: names must be strings or attack objects, got {name!r}")
     key = name.lower().replace("_", "").replace("-", "")
     if key in ("natural", "clean"):
         return Natural()
@@ -205,7 +207,7 @@ def parse_attack(name) -> Evaluation:
     m = re.fullmatch(r"(pgd|cw)(\d+)", key)
     if m and int(m.group(2)) >= 1:
         return PGDEval(name, int(m.group(2)), "ce" if m.group(1) == "pgd" else "cw", lambda e: e / 4)
-    raise ValueError(f"attacks: unknown attack {name!r}; use natural, fgsm, pgdK (e.g. pgd20), "
+    raise UserError(f"attacks: unknown attack {name!r}; use natural, fgsm, pgdK (e.g. pgd20), "
                      f"cwK (e.g. cw30), pgd+, autoattack (or aa-lite, aa-plus, aa-rand), "
                      f"apgd-ce, apgd-dlr, apgd-t, fab, fab-t or square")
 
@@ -221,7 +223,7 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: in
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
         x_all, y_all = data
         if x_all.shape[0] != y_all.shape[0]:
-            raise ValueError(f"data: {x_all.shape[0]} images but {y_all.shape[0]} labels")
+            raise UserError(f"data: {x_all.shape[0]} images but {y_all.shape[0]} labels")
         n = x_all.shape[0] if max_samples is None else min(max_samples, x_all.shape[0])
         if world_size > 1:
             rows = torch.arange(rank, n, world_size)
@@ -233,7 +235,7 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: in
             yield x, y_all[lo:lo + x.shape[0]].to(device)
         return
     if not isinstance(data, Iterable):
-        raise TypeError(f"data must be an ImageDataset, a tuple (x, y) or an iterable of batches, "
+        raise UserTypeError(f"data must be an ImageDataset, a tuple (x, y) or an iterable of batches, "
                         f"got {type(data).__name__}")
     from .data.loader import unpack_batch
     seen = 0
@@ -307,7 +309,7 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
     the step of the pgdK and cwK attacks instead of ε/4 (the official FAT-TRADES and FAT-MART
     scripts evaluate with 0.003); ``pgd_plus_alpha``: pgd+'s step instead of 0.01·ε/0.031."""
     if not callable(model):
-        raise TypeError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
+        raise UserTypeError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
     if isinstance(attacks, str) or not isinstance(attacks, Iterable) or isinstance(attacks, nn.Module):
         attacks = (attacks,)  # one name or one attack object
     specs = {}
@@ -318,22 +320,20 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
             key, k = f"{spec.name}#{k}", k + 1
         specs[key] = spec
     if not specs:
-        raise ValueError("attacks: give at least one attack")
+        raise UserError("attacks: give at least one attack")
+    from .training.checks import check_linf_size  # L-inf sizes on [0, 1] images: at most 1
+    check_linf_size("eps", eps)
     for opt, value, kind in (("alpha", alpha, PGDEval), ("pgd_plus_alpha", pgd_plus_alpha, PGDPlus)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value <= 0:
-            raise ValueError(f"{opt} must be a finite number > 0 or None (the default), got {value!r}")
+        check_linf_size(opt, value, strict=True)
         for spec in specs.values():
             if isinstance(spec, kind) and (kind is PGDPlus) == isinstance(spec, PGDPlus):
                 spec.fix_alpha(value)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+        raise UserError(f"max_samples must be a positive int or None, got {max_samples!r}")
     from torch.nn.parallel import DistributedDataParallel
     if isinstance(model, DistributedDataParallel):
         model = model.module  # attacks take input gradients: never through the DDP wrapper
@@ -389,7 +389,7 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
         correct = {k: int(round(v)) for k, v in zip(names, sums[1:])}
         seconds = {k: dist_utils.all_reduce_max(seconds[k]) for k in names}
     if n == 0:
-        raise ValueError("data: no samples to evaluate")
+        raise UserError("data: no samples to evaluate")
     notes = [line for line in (spec.note(float(eps)) for spec in specs.values()) if line]
     result = {"n": n, "eps": float(eps), "alpha": alpha, "any_iterate": bool(any_iterate),
               "accuracy": {k: 100.0 * v / n for k, v in correct.items()}, "seconds": seconds}

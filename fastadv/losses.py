@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .errors import UserError, UserTypeError
 
 ATTACK_LOSSES = ("ce", "cw", "kl")
 WEIGHT_FUNCS = ("tanh", "sigmoid", "discrete")
@@ -43,14 +44,14 @@ def gair_weights(kappa: Tensor, steps: int, lam: float, func: str = "tanh") -> T
     discrete w = (K + 1 − κ)/(K + 1). λ = +∞ gives all ones (plain adversarial training).
     """
     if not isinstance(kappa, Tensor) or kappa.dim() != 1:
-        raise TypeError("kappa must be a 1-D tensor of per-sample counts")
+        raise UserTypeError("kappa must be a 1-D tensor of per-sample counts")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        raise UserError(f"steps must be an int >= 1, got {steps!r}")
     if func not in WEIGHT_FUNCS:
-        raise ValueError(f"func must be one of {', '.join(WEIGHT_FUNCS)}, got {func!r}")
+        raise UserError(f"func must be one of {', '.join(WEIGHT_FUNCS)}, got {func!r}")
     lam = float(lam)
     if math.isnan(lam):
-        raise ValueError("lam must not be nan")
+        raise UserError("lam must not be nan")
     k = kappa.detach().to(torch.float32)
     if k.numel() == 0:
         return k

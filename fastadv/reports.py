@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
+from .errors import MissingDependencyError, UserError
 
 
 @dataclass
@@ -53,7 +54,7 @@ def read_run(run_dir: str) -> Run:
     from .training.logging import read_history
     history = read_history(run_dir)
     if not history:
-        raise ValueError(f"run_dir: {run_dir!r} has an empty history")
+        raise UserError(f"run_dir: {run_dir!r} has an empty history")
     config: Dict[str, Any] = {}
     last = os.path.join(run_dir, "last.pt")
     if os.path.isfile(last):
@@ -74,9 +75,8 @@ def pyplot():
     """matplotlib's pyplot on the file-only Agg backend; a one-line error without matplotlib."""
     import importlib.util
     if importlib.util.find_spec("matplotlib") is None:
-        from .errors import UserError
-        raise UserError("plots need matplotlib: pip install matplotlib (or the extra: "
-                        "pip install -e '.[plot]')")
+        raise MissingDependencyError("plots need matplotlib: pip install matplotlib (or the "
+                                     "extra: pip install -e '.[plot]')")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -166,7 +166,7 @@ def compare_runs(run_dirs: Sequence[str], out: Optional[str] = None) -> tuple:
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
     if not run_dirs:
-        raise ValueError("runs: give at least one run folder")
+        raise UserError("runs: give at least one run folder")
     runs = [read_run(d) for d in run_dirs]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     (a_pgd, a_nat), (a_bp, a_time) = axes

@@ -31,7 +31,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = ROOT / "build" / "setup-stamp.json"
 # pip name -> the module it provides (what we check for). Keep in step with pyproject.toml: a test
-# (tests/test_setup.py) compares these lists with its dependencies and extras.
+# (tests/test_newcomer.py) compares these lists with its dependencies and extras.
 BASE = {"numpy": "numpy", "tqdm": "tqdm", "ninja": "ninja", "pybind11": "pybind11",
         "setuptools": "setuptools", "wheel": "wheel"}
 NEEDS = {

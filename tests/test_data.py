@@ -1,10 +1,13 @@
 """fastadv.data: readers on real pixels, download path, digits split, device batch loader."""
 import hashlib
+import importlib.util
 import io
 import os
 import sys
 import tarfile
 import urllib.error
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ import shared_data as SD
 
 # ============================================================================ registry / errors
 def test_unknown_name_and_split_raise_value_error_naming_the_argument(tmp_path):
-    with pytest.raises(ValueError, match=r"name: unknown dataset 'imagenet'.*cifar10.*digits"):
+    with pytest.raises(ValueError, match=r"dataset: unknown dataset 'imagenet'.*cifar10.*digits"):
         D.load_dataset("imagenet", data_dir=tmp_path)
     with pytest.raises(ValueError, match=r"split: .*train, test.*'valid'"):
         D.load_dataset("cifar10", data_dir=tmp_path, split="valid")
@@ -527,3 +530,72 @@ def test_bad_verify_and_download_flags_are_type_errors(tmp_path):
         D.load_dataset("digits", split="test", verify="no")
     with pytest.raises(TypeError, match="download must be True or False"):
         D.load_dataset("digits", split="test", download="no")
+
+
+# ============================================================================ the tests' real data
+def _fetch_script():
+    spec = importlib.util.spec_from_file_location(
+        "fetch_test_data", Path(__file__).resolve().parents[1] / "scripts" / "fetch_test_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _serving(shared, fetch):
+    """A download that serves each pinned URL from the shared folder, and a foolbox "wheel" built
+    from its sample PNGs: the script's own checks then decide."""
+    by_url = {url: rel for rel, (url, _) in fetch.github_files().items()}
+
+    def download(url, path):
+        path.write_bytes((shared / by_url[url]).read_bytes())
+
+    def wheel(tmp):
+        out = tmp / "foolbox-3.3.4-py3-none-any.whl"
+        back = {v: k for k, v in fetch.FOOLBOX_PREFIXES.items()}
+        with zipfile.ZipFile(out, "w") as z:
+            for d in back:
+                for png in sorted((shared / d / "foolbox").glob("*.png")):
+                    z.writestr(f"foolbox/data/{png.name}", png.read_bytes())
+            z.writestr("foolbox/__init__.py", "")
+        return out
+    return download, wheel
+
+
+def test_fetch_test_data_rebuilds_the_folder_the_tests_read(tmp_path):
+    """scripts/fetch_test_data.py: its pinned md5s and digest are those of this project's real-data
+    folder, it rebuilds that folder file for file, a second run fetches nothing, and the tests'
+    readers read the result."""
+    shared = SD.require_shared_data()
+    fetch = _fetch_script()
+    for rel, (url, digest) in fetch.github_files().items():
+        assert url.startswith("https://raw.githubusercontent.com/") and url.endswith(Path(rel).name)
+        assert hashlib.md5((shared / rel).read_bytes()).hexdigest() == digest, rel
+    download, wheel = _serving(shared, fetch)
+    dest = tmp_path / "data"
+    wrote = fetch.fetch(dest, download, wheel)
+    assert len(wrote) == len(fetch.github_files()) + fetch.FOOLBOX_FILES == 112
+    for ds in ("mnist", "cifar10", "cifar100", "fashion-mnist"):  # every file but the JPEGs
+        for line in (shared / ds / "MD5SUMS").read_text().splitlines():
+            digest, rel = line.split()
+            if not rel.startswith("jpeg/"):
+                assert hashlib.md5((dest / ds / rel).read_bytes()).hexdigest() == digest, rel
+
+    def offline(*a):
+        raise AssertionError("nothing should be fetched again")
+    assert fetch.fetch(dest, offline, offline) == []
+    batches = SD.build_cifar10_batches(dest, tmp_path / "built")
+    assert batches["test"].shape == (1000, 32, 32, 3)
+
+
+def test_fetch_test_data_refuses_a_wrong_file(tmp_path):
+    shared = SD.require_shared_data()
+    fetch = _fetch_script()
+    download, wheel = _serving(shared, fetch)
+
+    def tampered(url, path):
+        download(url, path)
+        if url.endswith("mnist_labels.js"):
+            path.write_bytes(path.read_bytes().replace(b"7", b"1", 1))
+    with pytest.raises(SystemExit, match="mnist_labels.js has md5 .* expected 2c28e1b7"):
+        fetch.fetch(tmp_path, tampered, wheel)
+    assert not list(tmp_path.rglob("mnist_labels.js*"))  # nothing left in place

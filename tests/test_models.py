@@ -57,7 +57,7 @@ def test_wrn_depth_conventions_and_errors():
 
 
 def test_create_errors_list_the_names():
-    with pytest.raises(ValueError, match=r"name: unknown model 'vgg16'.*preact_resnet18.*resnet18.*"
+    with pytest.raises(ValueError, match=r"model: unknown model 'vgg16'.*preact_resnet18.*resnet18.*"
                                          r"small_cnn.*wrn-34-10"):
         M.create("vgg16")
     with pytest.raises(ValueError, match="num_classes"):

@@ -75,6 +75,8 @@ def test_setup_is_idempotent_after_make_test(capsys):
     setup = _setup_env()
     assert setup.main(["test", "--dry-run"]) == 0
     out = capsys.readouterr().out
+    if os.environ.get("CI"):  # CI ran `make test`: its stamp must match, or every run rebuilds
+        assert setup.STAMP.exists() and setup._read_stamp() == setup.build_key()
     if setup.STAMP.exists() and setup._read_stamp() == setup.build_key():
         assert "nothing to do" in out
     else:
@@ -120,7 +122,7 @@ def _subparsers():
     return sub.choices
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "plot", "compare"])
+@pytest.mark.parametrize("command", ["train", "eval", "plot", "compare", "audit-labels", "detect"])
 def test_every_option_has_help_in_its_own_words(command):
     parser = _subparsers()[command]
     for action in parser._actions:
@@ -153,6 +155,33 @@ def test_refusals_speak_the_command_lines_language(argv, needle, capsys, tmp_pat
     assert main(argv + ["--out-dir", str(tmp_path / "run")]) == 2
     err = _one_line_error(capsys)
     assert needle in err and "data_dir=" not in err and "dict(" not in err
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("newcomer") / "run"
+    assert main(["train", "--method", "at", *TINY, "--epochs", "1", "--out-dir", str(run)]) == 0
+    return run / "last.pt"
+
+
+@pytest.mark.parametrize("command,argv,needle", [
+    ("eval", ["--eps", "2"], "--eps: 2 is larger than the whole [0, 1] pixel range; did you mean"),
+    ("eval", ["--alpha", "5"], "--alpha: 5 is larger"),
+    ("eval", ["--pgd-plus-alpha", "3"], "--pgd-plus-alpha: 3 is larger"),
+    ("eval", ["--dataset", "cifar"], "--dataset: unknown dataset 'cifar' (did you mean 'cifar10'?)"),
+    ("eval", ["--device", "gpu"], "--device: unknown device 'gpu'; use cpu, cuda or cuda:N"),
+    ("audit-labels", ["--eps", "8"], "--eps: 8 is larger"),
+    ("audit-labels", ["--dataset", "mnsit"], "unknown dataset 'mnsit' (did you mean 'mnist'?)"),
+    ("detect", ["--eps", "8"], "--eps: 8 is larger"),
+    ("detect", ["--dataset", "svnh"], "unknown dataset 'svnh' (did you mean 'svhn'?)"),
+    ("detect", ["--attack", "pgdd"], "--attack: unknown attack 'pgdd'"),
+])
+def test_the_other_commands_refuse_alike(command, argv, needle, digits_run, capsys):
+    """eval, audit-labels and detect refuse what train refuses, in the command line's names."""
+    capsys.readouterr()
+    assert main([command, str(digits_run), *argv]) == 2
+    err = _one_line_error(capsys, command)
+    assert needle in err and "name:" not in err
 
 
 def test_bad_augment_names_the_cli_values(capsys):
@@ -213,6 +242,10 @@ def test_table_legend_eval_time_and_the_at_reference(tmp_path, monkeypatch, caps
                   r"settings in runs/digits-at-s0 trained in [\d.]+ s: this run took [\d.]+x its "
                   r"time", out)
     assert m, out
+    other = "2" if torch.get_num_threads() == 1 else "1"  # times on other threads: no reference
+    assert main(["train", "--method", "fat", *TINY, "--epochs", "2", "--threads", other,
+                 "--overwrite"]) == 0
+    assert "the AT run with the same settings" not in capsys.readouterr().out
 
 
 def test_compare_runs_table_and_figure(tmp_path, capsys):
@@ -241,8 +274,29 @@ def test_plot_marks_best_epoch_and_lr_drops(tmp_path):
     r = reports.read_run(str(run))
     assert reports._lr_drops(r) == [3, 4]  # piecewise: ×0.1 at 50 %, ×0.01 at 75 % of 4 epochs
     assert r.label == "fat τ=1" and r.best_pgd20 == max(x["test_pgd20_acc"] for x in r.history)
-    png = reports.plot_run(str(run))
+    import matplotlib.figure
+    figures, save = [], matplotlib.figure.Figure.savefig
+
+    def keep(fig, *a, **k):  # the figure as it is written
+        figures.append(fig)
+        fig.canvas.draw()
+        return save(fig, *a, **k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.figure.Figure, "savefig", keep)
+        png = reports.plot_run(str(run))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    acc, bps = figures[0].axes
+    labels = {line.get_label(): line for line in acc.get_lines()}
+    best_epoch = 1 + [x["test_pgd20_acc"] for x in r.history].index(r.best_pgd20)
+    star = labels[f"best PGD-20: {r.best_pgd20:.2f}% (epoch {best_epoch})"]
+    assert list(star.get_xdata()) == [best_epoch] and star.get_marker() == "*"
+    assert "train, on the method's own adversarial examples" in labels  # not "train adversarial"
+    for ax in (acc, bps):
+        drops = sorted(line.get_xdata()[0] for line in ax.get_lines()
+                       if line.get_linestyle() == ":" and list(line.get_xdata()) == [line.get_xdata()[0]] * 2)
+        assert drops == [3, 4]  # a vertical line at each lr drop, on both panels
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs only
 
 
 def test_evaluation_has_a_progress_bar(capsys):

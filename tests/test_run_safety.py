@@ -137,6 +137,44 @@ def test_trainer_fit_refuses_a_folder_with_another_run(finished_run, tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
 
 
+def test_trainer_fit_refuses_a_third_folder_after_loading_a_run(finished_run, tmp_path):
+    """A trainer at epoch 2 of one run (loaded from its folder) must not write into a folder that
+    holds another run: only the folder it continues, or a fresh one."""
+    model = fastadv.models.create("small_cnn", num_classes=10, in_channels=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = fastadv.Trainer(model, opt, "fat", eps=0.2, alpha=0.05, steps=2, tau=1)
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for d in (mine, other):
+        d.mkdir()
+        (d / "last.pt").write_bytes((finished_run / "last.pt").read_bytes())
+    trainer.load_checkpoint(str(mine / "last.pt"))
+    assert trainer.epoch == 2
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    before = _digest(other / "last.pt")
+    with pytest.raises(RunFolderError, match="holds a run .* that this trainer does not continue"):
+        trainer.fit([(x, y)], None, 3, out_dir=str(other))
+    assert _digest(other / "last.pt") == before
+    trainer.fit([(x, y)], None, 3, out_dir=str(mine))  # the run it continues
+    assert torch.load(mine / "last.pt", weights_only=True)["epoch"] == 3
+    trainer.fit([(x, y)], None, 4, out_dir=str(mine))  # and again after its own fit
+    trainer.fit([(x, y)], None, 5, out_dir=str(tmp_path / "fresh"))  # an empty folder is fine
+
+
+def test_trainer_fit_checks_free_space_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    trainer = fastadv.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), "standard")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    calls = []
+    monkeypatch.setattr(trainer, "train_epoch", lambda *a, **k: calls.append(a))
+    with pytest.raises(RunFolderError, match="only 0.0 MB free"):
+        trainer.fit([(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))], None, 1,
+                    out_dir=str(tmp_path / "run"))
+    assert calls == []  # refused before the first epoch
+
+
 # ============================================================================ 3. one run per folder
 def test_a_second_run_in_a_locked_folder_refuses(tmp_path, capsys):
     run = tmp_path / "run"
@@ -323,6 +361,32 @@ def test_thread_count_is_stored_and_a_resume_says_when_it_differs(tmp_path, caps
     assert torch.load(run / "last.pt", weights_only=True)["runtime"]["threads"] == 2
 
 
+def test_a_quiet_resume_on_other_threads_still_warns(tmp_path, capsys):
+    """--no-verbose (or verbose=False, or a Trainer of one's own) must not make the note silent."""
+    run = tmp_path / "run"
+    assert _train(run, "--threads", "1") == 0
+    with pytest.warns(ckpt_mod.NotBitExactWarning, match="written with 1 CPU threads .* uses 2"):
+        assert _train(run, "--resume", "--threads", "2", "--no-verbose", epochs=2) == 0
+    assert "written with" not in capsys.readouterr().out  # quiet: a warning, not a print
+    model = fastadv.models.create("small_cnn", num_classes=10, in_channels=1)
+    trainer = fastadv.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                              "fat", eps=0.2, alpha=0.05, steps=2, tau=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the checkpoint above was written with 2
+        with pytest.warns(ckpt_mod.NotBitExactWarning, match="written with 2 CPU threads"):
+            trainer.load_checkpoint(str(run / "last.pt"))
+        assert len(trainer.not_exact_notes) == 1
+        torch.set_num_threads(2)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ckpt_mod.NotBitExactWarning)
+            trainer.load_checkpoint(str(run / "last.pt"))  # the same threads: no warning
+        assert trainer.not_exact_notes == []
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ============================================================================ 7. one line each
 def test_broken_checkpoints_are_one_line_errors(finished_run, tmp_path, capsys):
     good = (finished_run / "last.pt").read_bytes()
@@ -352,12 +416,34 @@ def test_resume_from_a_damaged_last_pt_is_one_line(finished_run, tmp_path, capsy
     assert "last.pt cannot be read" in _one_line_error(capsys)
 
 
-def test_bugs_keep_their_traceback(monkeypatch):
+@pytest.mark.parametrize("error", [KeyError("a bug"), ValueError("a bug inside torch"),
+                                   TypeError("f() takes 2 positional arguments but 3 were given"),
+                                   OSError("an OSError with no file and no user errno")])
+def test_bugs_keep_their_traceback(monkeypatch, tmp_path, error):
+    """Only fastadv's own checks (UserError) and the OSError of a file are one-line errors; a
+    plain ValueError or TypeError is a bug in fastadv or torch, and keeps its traceback."""
     def bug(*a, **k):
-        raise KeyError("a bug, not a user error")
+        raise error
     monkeypatch.setattr("fastadv.training.api._train", bug)
-    with pytest.raises(KeyError):
-        main(["train", *TINY, "--epochs", "1", "--out-dir", "/nonexistent/x"])
+    with pytest.raises(type(error)):
+        main(["train", *TINY, "--epochs", "1", "--out-dir", str(tmp_path / "x")])
+
+
+def test_the_rule_between_user_errors_and_bugs():
+    from fastadv.errors import UserTypeError, is_user_error
+    assert is_user_error(UserError("eps: ...")) and is_user_error(UserTypeError("resume: ..."))
+    assert isinstance(UserTypeError("x"), TypeError)  # callers that catch TypeError still do
+    assert is_user_error(FileNotFoundError(errno.ENOENT, "No such file", "x.pt"))
+    assert is_user_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_user_error(ValueError("x")) and not is_user_error(TypeError("x"))
+    assert not is_user_error(OSError(errno.EBADF, "Bad file descriptor"))
+    assert not is_user_error(RuntimeError("x"))
+    # every deliberate check in fastadv raises a UserError: none raises the bare built-ins
+    import re
+    bare = [f"{p.relative_to(REPO)}:{i}" for p in sorted((REPO / "fastadv").rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"raise (ValueError|TypeError)\(", line)]
+    assert bare == [], bare
 
 
 # ============================================================================ 8. API types
@@ -485,6 +571,24 @@ def test_an_optimizer_of_another_model_is_refused(small):
     other = nn.Linear(64, 10)
     with pytest.raises(ValueError, match="optimizer: updates none of the model's 2 trainable"):
         fastadv.Trainer(model, torch.optim.SGD(other.parameters(), lr=0.1), "at")
+
+
+def test_an_optimizer_that_misses_some_parameters_warns(small):
+    """Built before the head was replaced: the new head would never train."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model[2] = nn.Linear(32, 10)
+    with pytest.warns(UserWarning, match=r"does not update 2 of the model's .*2\.weight, 2\.bias"):
+        fastadv.Trainer(model, opt, "at")
+    frozen = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    frozen[1].bias.requires_grad_(False)  # frozen on purpose: not a mistake
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastadv.Trainer(frozen, torch.optim.SGD([frozen[1].weight], lr=0.1), "at")
+        dsnet = fastadv.models.create("dsnet-3-4", in_channels=1)
+        fastadv.Trainer(dsnet, torch.optim.SGD(fastadv.models.weight_parameters(dsnet), lr=0.1),
+                        "at")  # DS-Net's α has its own optimizer: not "missed"
 
 
 def test_loaders_of_dicts(small):

@@ -27,6 +27,7 @@ from torch import Tensor
 from ..losses import ce_per_sample, ce_targeted_per_sample, dlr_loss, dlr_targeted_loss
 from .base import _check_float, _check_int
 from .eval_base import ActiveRows, EvalAttack, ranked_targets, success
+from ..errors import UserError
 
 LOSSES = ("ce", "dlr")
 
@@ -97,9 +98,9 @@ class APGD(EvalAttack):
         self.eot_iter = _check_int("eot_iter", eot_iter, 1)
         self.rho = _check_float("rho", rho)
         if not 0 < self.rho <= 1:
-            raise ValueError(f"rho must be in (0, 1], got {rho}")
+            raise UserError(f"rho must be in (0, 1], got {rho}")
         if not callable(loss) and loss not in LOSSES:
-            raise ValueError(f"loss must be 'ce', 'dlr' or a callable, got {loss!r}")
+            raise UserError(f"loss must be 'ce', 'dlr' or a callable, got {loss!r}")
         self.loss = loss
 
     def __repr__(self) -> str:

@@ -34,6 +34,7 @@ from .apgd import APGD, APGDT
 from .eval_base import EvalAttack, EvalResult
 from .fab import FAB
 from .square import Square
+from ..errors import UserError
 
 VERSIONS = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -79,21 +80,21 @@ class AutoAttack(EvalAttack):
             attacks = tuple(a.lower() for a in attacks)
             bad = [a for a in attacks if a not in ATTACKS]
             if bad or not attacks:
-                raise ValueError(f"attacks: unknown {bad or 'empty list'}; choose from {', '.join(ATTACKS)}")
+                raise UserError(f"attacks: unknown {bad or 'empty list'}; choose from {', '.join(ATTACKS)}")
             if version not in ("custom", "standard"):
-                raise ValueError("attacks= replaces the version's list: pass version='custom'")
+                raise UserError("attacks= replaces the version's list: pass version='custom'")
             version = "custom"
         elif version not in VERSIONS:
-            raise ValueError(f"version must be one of {', '.join(VERSIONS)} (or 'custom' with "
+            raise UserError(f"version must be one of {', '.join(VERSIONS)} (or 'custom' with "
                              f"attacks=...), got {version!r}")
         self.version = version
         self.attacks = attacks if attacks is not None else VERSIONS[version]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
         self.verbose, self.log_path, self.progress = bool(verbose), log_path, progress
         if autocast not in AUTOCAST:
-            raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+            raise UserError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
         self.autocast, self.autocast_check = autocast, autocast_check
         self.sanity_checks = bool(sanity_checks)
         plus = version == "plus"
@@ -121,7 +122,7 @@ class AutoAttack(EvalAttack):
     # ------------------------------------------------------------------ the run
     def run(self, x: Tensor, y: Tensor, targets: Optional[Tensor] = None) -> EvalResult:
         if targets is not None or self.target_mode != "default":
-            raise ValueError("AutoAttack is untargeted (APGD-T and FAB-T choose their own targets); "
+            raise UserError("AutoAttack is untargeted (APGD-T and FAB-T choose their own targets); "
                              "use APGD, FAB or Square for a targeted attack")
         x, y = self._inputs(x, y, move=False)  # the points stay where they are; batches move
         n = x.shape[0]
@@ -259,7 +260,7 @@ class AutoAttack(EvalAttack):
         needs = {"apgd-dlr": 3, "apgd-t": 4}
         for name in self.attacks:
             if c < needs.get(name, 2):
-                raise ValueError(f"{name} needs at least {needs[name]} classes; the model has {c}")
+                raise UserError(f"{name} needs at least {needs[name]} classes; the model has {c}")
         for name in ("apgd-t", "fab-t"):
             sub = self.subattacks[name]
             if name in self.attacks and sub.n_target_classes > c - 1:

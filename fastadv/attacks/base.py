@@ -16,6 +16,7 @@ from ..losses import ATTACK_LOSSES, ce_loss, cw_loss, kl_loss
 from ..models.heads import forward_heads, head_weights, weighted_heads
 from ..ops._validation import FLOAT_DTYPES, check_clip, compute_dtype, per_sample
 from .habits import TorchattacksHabits
+from ..errors import UserError, UserTypeError
 
 NORMS = ("linf", "l2")
 RANDOM_STARTS = ("uniform", "normal", None)
@@ -44,18 +45,18 @@ class AttackResult:
 
 def _check_int(name: str, v, minimum: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        raise UserTypeError(f"{name} must be an int, got {type(v).__name__}")
     if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+        raise UserError(f"{name} must be >= {minimum}, got {v}")
     return v
 
 
 def _check_float(name: str, v, minimum: float = 0.0, strict: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+        raise UserTypeError(f"{name} must be a float, got {type(v).__name__}")
     v = float(v)
     if not math.isfinite(v) or v < minimum or (strict and v == minimum):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {v}")
+        raise UserError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {v}")
     return v
 
 
@@ -73,7 +74,7 @@ def normalize_random_start(v) -> Optional[str]:
     if v is False:
         return None
     if v not in RANDOM_STARTS:
-        raise ValueError(f"random_start must be 'uniform', 'normal' or None, got {v!r}")
+        raise UserError(f"random_start must be 'uniform', 'normal' or None, got {v!r}")
     return v
 
 
@@ -89,7 +90,7 @@ def explain_dtype_errors(model, x: Tensor):
                  if isinstance(model, nn.Module) else None)
         if dtype is None or dtype == x.dtype or "type" not in str(e).lower():
             raise  # torch's messages: "same dtype", "Input type ... bias type", "scalar type"
-        raise TypeError(f"x is {x.dtype} but the model's parameters are {dtype}: pass "
+        raise UserTypeError(f"x is {x.dtype} but the model's parameters are {dtype}: pass "
                         f"x.to({dtype}), convert the model (model.to({x.dtype})), or run under "
                         f"torch.autocast") from e
 
@@ -155,13 +156,13 @@ class Attack(TorchattacksHabits):
                  confidence: float = 50.0, clip_min: float = 0.0, clip_max: float = 1.0,
                  sigma: float = 0.001, omega: float = 0.0):
         if not callable(model):
-            raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+            raise UserTypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
         _check_scalar_or_tensor("eps", eps)
         _check_scalar_or_tensor("alpha", alpha)
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+            raise UserError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if not callable(loss) and loss not in ATTACK_LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(ATTACK_LOSSES)} or a callable, got {loss!r}")
+            raise UserError(f"loss must be one of {', '.join(ATTACK_LOSSES)} or a callable, got {loss!r}")
         self.model = model
         self.eps, self.alpha = eps, alpha
         self.steps = _check_int("steps", steps)
@@ -191,7 +192,7 @@ class Attack(TorchattacksHabits):
         self._targets = None
         if targets is not None or self.target_mode != "default":
             if self.loss == "kl":
-                raise ValueError("loss='kl' (TRADES) has no targeted mode")
+                raise UserError("loss='kl' (TRADES) has no targeted mode")
             if targets is not None:
                 self._targets = _labels(_on(targets, x_nat), x_nat, "targets")
             elif x_nat.shape[0]:  # a mode: its targets come from the clean logits
@@ -237,12 +238,12 @@ class Attack(TorchattacksHabits):
         bad_x, bad_labels, bad_logits = got[-3:]
         x, self._x = self._x, None
         if bad_x:
-            raise ValueError(input_range_message(x, self.clip_min, self.clip_max))
+            raise UserError(input_range_message(x, self.clip_min, self.clip_max))
         if bad_labels:
             c = self._classes
-            raise ValueError(f"y has labels outside [0, {c}) for a model with {c} classes")
+            raise UserError(f"y has labels outside [0, {c}) for a model with {c} classes")
         if bad_logits:
-            raise ValueError("model returned non-finite logits (nan or inf) during the attack")
+            raise UserError("model returned non-finite logits (nan or inf) during the attack")
         return got[:-3]
 
     def _attack(self, x_nat: Tensor, y: Tensor, eps: Tensor, alpha: Tensor,
@@ -252,15 +253,15 @@ class Attack(TorchattacksHabits):
     # ------------------------------------------------------------------ shared pieces
     def _prepare(self, x, y):
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            raise UserTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
+            raise UserTypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
         if x.dim() < 1:
-            raise ValueError("x must have a batch dimension first, got a 0-dim tensor")
+            raise UserError("x must have a batch dimension first, got a 0-dim tensor")
         dev = model_device(self.model)
         if dev is not None:  # torchattacks' habit: inputs go where the model is
             if dev.type == "meta":
-                raise ValueError("model: its parameters are on the meta device (no data); load its "
+                raise UserError("model: its parameters are on the meta device (no data); load its "
                                  "weights first")
             if dev != x.device:
                 x = x.to(dev)
@@ -310,7 +311,7 @@ class Attack(TorchattacksHabits):
         logits = heads[0]
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
+            raise UserError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
         c = logits.shape[1]
         if self._classes is None:  # the first check sees every label (later ones a subset)
             self._classes = c
@@ -371,22 +372,22 @@ def _on(t, x: Tensor):
 def _labels(y, x: Tensor, name: str) -> Tensor:
     """``y`` checked as one integer label per row of ``x``, on x's device, as int64."""
     if not isinstance(y, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of labels, got {type(y).__name__}")
+        raise UserTypeError(f"{name} must be a torch.Tensor of labels, got {type(y).__name__}")
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"{name} must be an integer tensor of labels, got {y.dtype}")
+        raise UserTypeError(f"{name} must be an integer tensor of labels, got {y.dtype}")
     n = x.shape[0]
     if y.shape != (n,):
-        raise ValueError(f"{name} must have shape [{n}] (one label per sample of x), got "
+        raise UserError(f"{name} must have shape [{n}] (one label per sample of x), got "
                          f"{tuple(y.shape)}")
     if y.device != x.device:
-        raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
+        raise UserError(f"{name} is on {y.device} but x is on {x.device}")
     return y.to(torch.int64)
 
 
 def check_targeted_classes(logits: Tensor) -> None:
     """A targeted run needs a target other than the label: at least 2 classes."""
     if logits.shape[1] < 2:
-        raise ValueError(f"targets: a targeted attack needs a model with at least 2 classes, got "
+        raise UserError(f"targets: a targeted attack needs a model with at least 2 classes, got "
                          f"{logits.shape[1]}")
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import ops
 from .base import Attack, AttackResult, _check_int, check_targeted_classes, resisted
+from ..errors import UserTypeError
 
 # Columns of the per-row integer state, compacted together in one op per check.
 _INDEX, _LABEL, _BUDGET, _KAPPA, _UPDATES, _CHECK_LABEL, _TARGET = range(7)
@@ -58,7 +59,7 @@ class EarlyStopPGD(Attack):
                          norm=norm, loss=loss, omega=omega, **kw)
         self.tau = _check_int("tau", tau)
         if not isinstance(compact, bool):
-            raise TypeError(f"compact must be a bool, got {type(compact).__name__}")
+            raise UserTypeError(f"compact must be a bool, got {type(compact).__name__}")
         self.compact = compact
 
     def __repr__(self) -> str:

@@ -23,6 +23,7 @@ from ..ops._validation import FLOAT_DTYPES, compute_dtype
 from .habits import TorchattacksHabits
 from .base import (_check_float, _check_int, _labels, explain_dtype_errors, input_range_message,
                    model_device, model_eval_mode)
+from ..errors import UserError, UserTypeError
 
 NORMS = ("linf", "l2")
 
@@ -57,7 +58,7 @@ def check_norm(norm) -> str:
     """``"linf"`` or ``"l2"``; the official spellings ``"Linf"``/``"L2"`` are accepted."""
     key = norm.lower() if isinstance(norm, str) else norm
     if key not in NORMS:
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        raise UserError(f"norm must be 'linf' or 'l2', got {norm!r}")
     return key
 
 
@@ -71,13 +72,13 @@ class EvalAttack(TorchattacksHabits):
     def __init__(self, model: Callable[[Tensor], Tensor], norm: str = "linf", eps: float = 8 / 255,
                  seed: int = 0, compact: bool = True):
         if not callable(model):
-            raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+            raise UserTypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
         self.model = model
         self.norm = check_norm(norm)
         self.eps = _check_float("eps", eps)
         self.seed = _check_int("seed", seed)
         if not isinstance(compact, bool):
-            raise TypeError(f"compact must be a bool, got {type(compact).__name__}")
+            raise UserTypeError(f"compact must be a bool, got {type(compact).__name__}")
         self.compact = compact
 
     def __repr__(self) -> str:
@@ -177,11 +178,11 @@ class EvalAttack(TorchattacksHabits):
         """``x``, ``y`` checked; moved to the model's device (``move=False``: left where they are,
         for AutoAttack, which moves one batch at a time)."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            raise UserTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
+            raise UserTypeError(f"x must be float64, float32, float16 or bfloat16, got {x.dtype}")
         if x.dim() < 2:
-            raise ValueError(f"x must be a batch [N, ...] of inputs, got shape {tuple(x.shape)}")
+            raise UserError(f"x must be a batch [N, ...] of inputs, got shape {tuple(x.shape)}")
         device = model_device(self.model)
         if device is not None and move:  # torchattacks' habit: inputs go where the model is
             x = x.to(device)
@@ -191,13 +192,13 @@ class EvalAttack(TorchattacksHabits):
         y = _labels(y, x, "y")
         x = x.detach()
         if x.numel() and bool(((x < 0) | (x > 1) | torch.isnan(x)).any()):
-            raise ValueError(input_range_message(x, 0.0, 1.0))
+            raise UserError(input_range_message(x, 0.0, 1.0))
         return x, y
 
     def _check_classes(self, logits: Tensor, labels: Tensor, name: str) -> None:
         c = logits.shape[1]
         if labels.numel() and bool(((labels < 0) | (labels >= c)).any()):
-            raise ValueError(f"{name} has labels outside [0, {c}) for a model with {c} classes")
+            raise UserError(f"{name} has labels outside [0, {c}) for a model with {c} classes")
 
     def logits(self, x: Tensor, count: Optional[Tensor] = None) -> Tensor:
         """The model's logits at ``x`` (normalised first when ``set_normalization_used`` was
@@ -205,7 +206,7 @@ class EvalAttack(TorchattacksHabits):
         out = self.model(self._normalized(x.to(getattr(self, "_in_dtype", x.dtype))))
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
+            raise UserError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
         if count is not None:
             self._forward[count] += 1
         return out
@@ -228,7 +229,7 @@ def ranked_targets(clean: Tensor, n_target_classes: int):
     of each row (ties as ``sort`` orders them, as the official code)."""
     c = clean.shape[1]
     if n_target_classes > c - 1:
-        raise ValueError(f"n_target_classes must be at most C - 1 = {c - 1} for a model with {c} "
+        raise UserError(f"n_target_classes must be at most C - 1 = {c - 1} for a model with {c} "
                          f"classes, got {n_target_classes}")
     order = clean.sort(dim=1)[1]  # ascending: column −r is the class of rank r
     for rank in range(2, n_target_classes + 2):

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .. import ops
 from .base import Attack, AttackResult, _check_float, resisted
+from ..errors import UserError
 
 # Columns of the per-row integer state, compacted together.
 _INDEX, _LABEL, _CHECK_LABEL, _KAPPA, _UPDATES, _TARGET = range(6)
@@ -36,7 +37,7 @@ class FOSCPGD(Attack):
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
                          loss=loss, **kw)
         if self.norm != "linf":
-            raise ValueError("norm: DAT's FOSC is defined for the L-inf ball only")
+            raise UserError("norm: DAT's FOSC is defined for the L-inf ball only")
         self.threshold = _check_float("threshold", threshold, minimum=-float("inf"))
 
     def __repr__(self) -> str:

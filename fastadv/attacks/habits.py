@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from ..errors import UserError
 
 TARGET_MODES = ("default", "label", "random", "least_likely")
 
@@ -22,10 +23,10 @@ class TorchattacksHabits:
         mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
         if mean.shape != std.shape or mean.numel() == 0:
-            raise ValueError(f"mean and std must have one value per channel, got {tuple(mean.shape)} "
+            raise UserError(f"mean and std must have one value per channel, got {tuple(mean.shape)} "
                              f"and {tuple(std.shape)}")
         if not bool((std > 0).all()):
-            raise ValueError("std must be > 0")
+            raise UserError("std must be > 0")
         self._mean, self._std = mean, std
         return self
 

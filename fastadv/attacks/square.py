@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .base import _check_float, _check_int
 from .eval_base import ActiveRows, EvalAttack, success
+from ..errors import UserError
 
 LOSSES = ("margin", "ce")
 
@@ -119,10 +120,10 @@ class Square(EvalAttack):
         self.queries = _check_int("queries", queries, 1)
         self.p_init = _check_float("p_init", p_init, strict=True)
         if self.p_init > 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+            raise UserError(f"p_init must be in (0, 1], got {p_init}")
         self.restarts = _check_int("restarts", restarts, 1)
         if not callable(loss) and loss not in LOSSES:
-            raise ValueError(f"loss must be 'margin', 'ce' or a callable, got {loss!r}")
+            raise UserError(f"loss must be 'margin', 'ce' or a callable, got {loss!r}")
         self.loss = loss
         self.rescale_schedule = bool(rescale_schedule)
         self.compact_every = None if compact_every is None else _check_int("compact_every", compact_every, 1)
@@ -133,9 +134,9 @@ class Square(EvalAttack):
 
     def _run(self, x, y, targets, clean, gen):
         if x.dim() != 4:
-            raise ValueError(f"Square needs images [N, C, H, W], got shape {tuple(x.shape)}")
+            raise UserError(f"Square needs images [N, C, H, W], got shape {tuple(x.shape)}")
         if self.norm == "l2" and min(x.shape[2:]) < 5:
-            raise ValueError(f"Square with norm='l2' needs images of at least 5x5 pixels, got "
+            raise UserError(f"Square with norm='l2' needs images of at least 5x5 pixels, got "
                              f"{tuple(x.shape[2:])}")
         return super()._run(x, y, targets, clean, gen)
 

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from ..errors import UserError
 
 
 class ImageDataset:
@@ -20,15 +21,15 @@ class ImageDataset:
                  split: str = "train", classes: Optional[Sequence[str]] = None,
                  augment: Optional[dict] = None):
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got "
+            raise UserError(f"images must be a uint8 tensor [N, C, H, W], got "
                              f"{getattr(images, 'dtype', type(images))} of shape "
                              f"{tuple(getattr(images, 'shape', ()))}")
         if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"labels must be a tensor [N] with N = {images.shape[0]} (images), got "
+            raise UserError(f"labels must be a tensor [N] with N = {images.shape[0]} (images), got "
                              f"shape {tuple(getattr(labels, 'shape', ()))}")
         labels = labels.to(torch.int64)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes - 1}] (num_classes={num_classes}), "
+            raise UserError(f"labels must lie in [0, {num_classes - 1}] (num_classes={num_classes}), "
                              f"got range [{int(labels.min())}, {int(labels.max())}]")
         self.images = images.contiguous()
         self.labels = labels.contiguous()

@@ -31,6 +31,7 @@ from .dataset import ImageDataset
 from .digits import load_digits
 from .download import DownloadError, download_url, extract_tar
 from .integrity import verify_official
+from ..errors import UserError, UserTypeError, did_you_mean
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck"]
@@ -229,16 +230,17 @@ def load_dataset(name: str, data_dir: Optional[str] = None, split: str = "train"
     only, never code.
     """
     if not isinstance(name, str) or name.lower() not in DATASETS:
-        raise ValueError(f"name: unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+        raise UserError(f"dataset: unknown dataset {name!r}{did_you_mean(name, DATASETS)}; "
+                        f"available: {', '.join(available_datasets())}")
     info = DATASETS[name.lower()]
     if split not in info.splits:
-        raise ValueError(f"split: {name!r} has splits {', '.join(info.splits)}, got {split!r}")
+        raise UserError(f"split: {name!r} has splits {', '.join(info.splits)}, got {split!r}")
     data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else default_data_dir()
     for opt, v in (("download", download), ("verify", verify)):
         if not isinstance(v, bool):
-            raise TypeError(f"{opt} must be True or False, got {v!r}")
+            raise UserTypeError(f"{opt} must be True or False, got {v!r}")
     ds = info.load(data_dir, split, download, verify)
     if ds.shape != info.shape:
-        raise ValueError(f"{name} ({split}) in {data_dir}: expected images of shape {info.shape}, "
+        raise UserError(f"{name} ({split}) in {data_dir}: expected images of shape {info.shape}, "
                          f"got {ds.shape}")
     return ds

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .dataset import ImageDataset
+from ..errors import MissingDependencyError
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -38,7 +39,7 @@ def load_digits(split: str = "train") -> ImageDataset:
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the 'digits' dataset needs scikit-learn: pip install scikit-learn "
+        raise MissingDependencyError("the 'digits' dataset needs scikit-learn: pip install scikit-learn "
                           "(or pip install fastadv[digits])") from e
     raw = _sk_load_digits()
     values = torch.as_tensor(raw.images, dtype=torch.float64)  # [1797, 8, 8], 0..16

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dataset import ImageDataset
+from ..errors import UserError, UserTypeError
 
 _NAMED_AUGMENT = {"crop-flip": {"padding": 4, "flip": True}, "crop": {"padding": 4, "flip": False},
                   "flip": {"padding": 0, "flip": True}}
@@ -67,9 +68,9 @@ def augment_batch(x: Tensor, padding: int = 4, flip: bool = True,
 
     Random numbers come from ``generator`` (a CPU generator; default: the global one)."""
     if x.dim() != 4:
-        raise ValueError(f"x must be a batch [B, C, H, W], got shape {tuple(x.shape)}")
+        raise UserError(f"x must be a batch [B, C, H, W], got shape {tuple(x.shape)}")
     if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
+        raise UserError(f"padding must be >= 0, got {padding}")
     b = x.shape[0]
     offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).to(x.device)
     flips = (torch.randint(0, 2, (b,), generator=generator).bool().to(x.device) if flip else None)
@@ -83,18 +84,18 @@ def _resolve_augment(augment, default) -> Optional[dict]:
         return dict(default) if default else None  # the dataset's own default (may be none)
     if isinstance(augment, str):
         if augment not in _NAMED_AUGMENT:
-            raise ValueError(f"augment: unknown {augment!r}; use None, True, "
+            raise UserError(f"augment: unknown {augment!r}; use None, True, "
                              f"{', '.join(map(repr, _NAMED_AUGMENT))} or a dict(padding=, flip=)")
         return dict(_NAMED_AUGMENT[augment])
     if isinstance(augment, dict):
         extra = set(augment) - {"padding", "flip"}
         if extra:
-            raise ValueError(f"augment: unknown keys {sorted(extra)} (allowed: padding, flip)")
+            raise UserError(f"augment: unknown keys {sorted(extra)} (allowed: padding, flip)")
         p = augment.get("padding", 0)
         if not isinstance(p, int) or p < 0:
-            raise ValueError(f"augment: padding must be an int >= 0, got {p!r}")
+            raise UserError(f"augment: padding must be an int >= 0, got {p!r}")
         return {"padding": p, "flip": bool(augment.get("flip", False))}
-    raise TypeError(f"augment must be None, bool, str or dict, got {type(augment).__name__}")
+    raise UserTypeError(f"augment must be None, bool, str or dict, got {type(augment).__name__}")
 
 
 def unpack_batch(batch):
@@ -105,13 +106,13 @@ def unpack_batch(batch):
         x = next((batch[k] for k in ("x", "image", "images", "input", "inputs") if k in batch), None)
         y = next((batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch), None)
         if x is None or y is None:
-            raise TypeError(f"batch: a dict needs the images under 'x' (or image(s), "
+            raise UserTypeError(f"batch: a dict needs the images under 'x' (or image(s), "
                             f"input(s)) and the labels under 'y' (or label(s), target(s)); got "
                             f"keys {sorted(batch)}")
         return x, y
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
-    raise TypeError(f"batch: must be (x, y), (x, y, ...) or a dict with 'x' and 'y', got "
+    raise UserTypeError(f"batch: must be (x, y), (x, y, ...) or a dict with 'x' and 'y', got "
                     f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}")
 
 
@@ -133,20 +134,20 @@ class BatchLoader:
         elif isinstance(data, (tuple, list)) and len(data) == 2:
             (images, labels), default_aug = data, _NAMED_AUGMENT["crop-flip"]
         else:
-            raise TypeError(f"data must be an ImageDataset or a tuple (images, labels), "
+            raise UserTypeError(f"data must be an ImageDataset or a tuple (images, labels), "
                             f"got {type(data).__name__}")
         if not isinstance(images, Tensor) or images.dim() != 4:
-            raise ValueError(f"data: images must be a tensor [N, C, H, W], got shape "
+            raise UserError(f"data: images must be a tensor [N, C, H, W], got shape "
                              f"{tuple(getattr(images, 'shape', ()))}")
         if not (images.dtype == torch.uint8 or images.is_floating_point()):
-            raise TypeError(f"data: images must be uint8 or floating, got {images.dtype}")
+            raise UserTypeError(f"data: images must be uint8 or floating, got {images.dtype}")
         if not isinstance(labels, Tensor) or labels.shape != (images.shape[0],):
-            raise ValueError(f"data: labels must be a tensor [{images.shape[0]}], got shape "
+            raise UserError(f"data: labels must be a tensor [{images.shape[0]}], got shape "
                              f"{tuple(getattr(labels, 'shape', ()))}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
         if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+            raise UserTypeError(f"dtype must be a floating dtype, got {dtype}")
         self.device = torch.device(device if device is not None else
                                    ("cuda" if torch.cuda.is_available() else "cpu"))
         self.images = images.to(self.device).contiguous()  # resident for the loader's lifetime
@@ -172,7 +173,7 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         """The next ``iter()`` yields epoch ``epoch`` (its order and augmentation)."""
         if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+            raise UserError(f"epoch must be an int >= 0, got {epoch!r}")
         self.epoch = epoch
 
     def state_dict(self) -> dict:

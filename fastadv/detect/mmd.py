@@ -8,6 +8,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from ..errors import UserError, UserTypeError
 
 __all__ = ["TestResult", "sq_dists", "mmd2_and_variance", "ar1_multipliers", "wild_bootstrap",
            "permutation_test", "median_sq_dist", "GaussianMMD"]
@@ -108,9 +109,9 @@ class GaussianMMD:
 
     def __init__(self, sigma: Optional[float] = None, permutations: int = 100, seed: int = 0):
         if sigma is not None and not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+            raise UserError(f"sigma must be > 0, got {sigma!r}")
         if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
-            raise ValueError(f"permutations must be an int >= 1, got {permutations!r}")
+            raise UserError(f"permutations must be an int >= 1, got {permutations!r}")
         self.sigma_given, self.sigma, self.permutations = sigma, sigma, permutations
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -141,12 +142,12 @@ def _paired(name_a: str, a, name_b: str, b) -> Tuple[Tensor, Tensor]:
     """Two samples of equal size ≥ 2, flattened, in float64 (the statistics pair row i with i)."""
     for name, t in ((name_a, a), (name_b, b)):
         if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got "
+            raise UserTypeError(f"{name} must be a floating-point tensor, got "
                             f"{type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
         if t.dim() < 2 or t.shape[0] < 2:
-            raise ValueError(f"{name} must hold at least 2 samples along dim 0, got shape "
+            raise UserError(f"{name} must hold at least 2 samples along dim 0, got shape "
                              f"{tuple(t.shape)}")
     if a.shape != b.shape:
-        raise ValueError(f"{name_a} and {name_b} must have the same shape (the tests pair the two "
+        raise UserError(f"{name_a} and {name_b} must have the same shape (the tests pair the two "
                          f"samples' rows), got {tuple(a.shape)} and {tuple(b.shape)}")
     return a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()

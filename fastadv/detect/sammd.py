@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .mmd import TestResult, _paired, mmd2_and_variance, sq_dists, wild_bootstrap
+from ..errors import UserError
 
 __all__ = ["SAMMD", "penultimate_features"]
 
@@ -30,7 +31,7 @@ def penultimate_features(model: nn.Module, x: Tensor, batch_size: int = 256) -> 
     rows of ``x``, computed in eval mode without gradients, batch by batch."""
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not last:
-        raise ValueError("model: has no nn.Linear layer whose input could serve as its "
+        raise UserError("model: has no nn.Linear layer whose input could serve as its "
                          "penultimate features; pass features=<callable> instead")
     grabbed: List[Tensor] = []
     hook = last[-1].register_forward_pre_hook(lambda mod, inp: grabbed.append(inp[0].detach()))
@@ -47,7 +48,7 @@ def penultimate_features(model: nn.Module, x: Tensor, batch_size: int = 256) -> 
     feats = torch.cat([g.reshape(g.shape[0], -1) for g in grabbed]) if grabbed else \
         x.new_zeros(0, last[-1].in_features)
     if feats.shape[0] != x.shape[0]:  # e.g. a compiled model whose graph skips Python hooks
-        raise ValueError(f"model: its last nn.Linear saw {feats.shape[0]} rows for {x.shape[0]} "
+        raise UserError(f"model: its last nn.Linear saw {feats.shape[0]} rows for {x.shape[0]} "
                          f"inputs, so its input is not the penultimate features; pass the "
                          f"uncompiled model or features=<callable>")
     return feats
@@ -73,16 +74,16 @@ class SAMMD:
                  lr: float = 2e-4, sigma_q: Optional[float] = None, draws: int = 100,
                  ar_length: float = 0.2, batch_size: int = 256, seed: int = 0):
         if (model is None) == (features is None):
-            raise ValueError("model/features: pass the classifier (its penultimate features are "
+            raise UserError("model/features: pass the classifier (its penultimate features are "
                              "used) or a features callable, one of the two")
         for name, v in (("steps", steps), ("draws", draws), ("batch_size", batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be an int >= {0 if name == 'steps' else 1}, got {v!r}")
+                raise UserError(f"{name} must be an int >= {0 if name == 'steps' else 1}, got {v!r}")
         for name, v in (("lr", lr), ("ar_length", ar_length)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{name} must be a number > 0, got {v!r}")
+                raise UserError(f"{name} must be a number > 0, got {v!r}")
         if sigma_q is not None and not sigma_q > 0:
-            raise ValueError(f"sigma_q must be > 0, got {sigma_q!r}")
+            raise UserError(f"sigma_q must be > 0, got {sigma_q!r}")
         self.model, self.features = model, features
         self.steps, self.lr, self.sigma_q0 = steps, float(lr), sigma_q
         self.draws, self.ar_length, self.batch_size = draws, float(ar_length), batch_size

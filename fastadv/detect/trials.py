@@ -13,6 +13,7 @@ from typing import Callable, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor
+from ..errors import UserError, UserTypeError
 
 __all__ = ["detection_trials"]
 
@@ -31,20 +32,20 @@ def detection_trials(detectors: Mapping[str, Callable[[], object]], natural: Ten
     ``type_i`` (mean rejection rates, None when not measured) and their per-trial lists."""
     for name, v in (("n", n), ("trials", trials), ("test_sets", test_sets)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "n" else 1):
-            raise ValueError(f"{name} must be an int >= {2 if name == 'n' else 1}, got {v!r}")
+            raise UserError(f"{name} must be an int >= {2 if name == 'n' else 1}, got {v!r}")
     need = 4 * n if type_i else 2 * n
     if natural.shape[0] < need:
-        raise ValueError(f"natural: {natural.shape[0]} images, the protocol needs {need} "
+        raise UserError(f"natural: {natural.shape[0]} images, the protocol needs {need} "
                          f"({'4' if type_i else '2'}n with n = {n}); lower n")
     if adversarial.shape[0] < 2 * n:
-        raise ValueError(f"adversarial: {adversarial.shape[0]} images, the protocol needs 2n = "
+        raise UserError(f"adversarial: {adversarial.shape[0]} images, the protocol needs 2n = "
                          f"{2 * n}; lower n")
     for name, x in (("natural", natural), ("adversarial", adversarial)):
         if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor of images (uint8: divide by "
+            raise UserTypeError(f"{name} must be a floating-point tensor of images (uint8: divide by "
                             f"255), got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
     if natural.shape[1:] != adversarial.shape[1:]:
-        raise ValueError(f"natural and adversarial images differ in shape: "
+        raise UserError(f"natural and adversarial images differ in shape: "
                          f"{tuple(natural.shape[1:])} vs {tuple(adversarial.shape[1:])}")
     spatial = natural[0, 0].numel() if natural.dim() > 2 else natural[0].numel()
     flat = lambda x: x.reshape(x.shape[0], -1).double().cpu()  # noqa: E731

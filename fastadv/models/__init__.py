@@ -37,6 +37,7 @@ from .preact_resnet import PreActResNet, PreActResNet18
 from .resnet import ResNet, ResNet18
 from .small_cnn import SmallCNN
 from .wide_resnet import WideResNet
+from ..errors import UserError, did_you_mean
 
 __all__ = ["create", "available_models", "is_model_name", "register", "Normalized", "SmallCNN", "PreActResNet18",
            "PreActResNet", "ResNet18", "ResNet", "WideResNet", "load_official_state_dict",
@@ -56,7 +57,7 @@ _DSNET = re.compile(r"^dsnet(?:-(v1|v2))?(?:-(\d+)-(\d+))?$")
 def register(name: str, factory: Callable[..., nn.Module]) -> None:
     """Add a model: ``factory(num_classes=..., in_channels=..., **kwargs) -> nn.Module``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
+        raise UserError(f"name must be a non-empty string, got {name!r}")
     _REGISTRY[name.lower()] = factory
 
 
@@ -80,10 +81,10 @@ class Normalized(nn.Module):
         mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         if mean_t.numel() != std_t.numel():
-            raise ValueError(f"normalize: mean and std differ in length ({mean_t.numel()} vs "
+            raise UserError(f"normalize: mean and std differ in length ({mean_t.numel()} vs "
                              f"{std_t.numel()})")
         if not bool((std_t > 0).all()):
-            raise ValueError(f"normalize: std must be > 0, got {list(std)}")
+            raise UserError(f"normalize: std must be > 0, got {list(std)}")
         self.model = model
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
@@ -105,9 +106,9 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3,
            normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None, **kwargs) -> nn.Module:
     """Build a model by name (see the module docstring); unknown names raise ``ValueError``."""
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise UserError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        raise UserError(f"in_channels must be a positive int, got {in_channels!r}")
     key = name.lower() if isinstance(name, str) else name
     if key in _REGISTRY:
         model = _REGISTRY[key](num_classes=num_classes, in_channels=in_channels, **kwargs)
@@ -119,11 +120,8 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3,
         sizes = dict(depth=int(depth), init_channels=int(channels)) if depth else {}
         model = dsnet(num_classes, in_channels, space=space or "v1", **sizes, **kwargs)
     else:
-        import difflib
-        close = difflib.get_close_matches(str(name).lower(), available_models(), n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"name: unknown model {name!r}{hint}; available: "
-                         f"{', '.join(available_models())}")
+        raise UserError(f"model: unknown model {name!r}{did_you_mean(name, available_models())}; "
+                        f"available: {', '.join(available_models())}")
     if normalize is not None:
         mean, std = normalize
         model = Normalized(model, mean, std)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .resnet import BasicBlock, make_stages
+from ..errors import UserError
 
 __all__ = ["CIFSResNet18", "cifs_resnet18", "LinearProbe", "NonlinearProbe", "CIFSBlock"]
 
@@ -102,7 +103,7 @@ class CIFSResNet18(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, beta: float = 2.0):
         super().__init__()
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
-            raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+            raise UserError(f"beta must be a number >= 0, got {beta!r}")
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1, self.layer2, self.layer3 = make_stages(BasicBlock, [2, 2, 2])

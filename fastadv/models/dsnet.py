@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .own_optimizers import OwnOptimizer
 from .resnet import BasicBlock
+from ..errors import UserError
 
 __all__ = ["DSNet", "dsnet", "SPACES"]
 
@@ -204,11 +205,11 @@ class DSNet(nn.Module):
                  depth: int = 15, init_channels: int = 20, factor: int = 4):
         super().__init__()
         if space not in SPACES:
-            raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+            raise UserError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
         for name, v, lo in (("depth", depth, 3), ("init_channels", init_channels, 1),
                             ("factor", factor, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+                raise UserError(f"{name} must be an int >= {lo}, got {v!r}")
         self.space = space
         blocks = SPACES[space]
         c = init_channels

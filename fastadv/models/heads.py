@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 from torch import Tensor
 
 from ._unwrap import inner_module
+from ..errors import UserError
 
 __all__ = ["head_weights", "forward_heads", "weighted_heads"]
 
@@ -37,7 +38,7 @@ def forward_heads(model, x: Tensor, labels: Optional[Tensor] = None) -> List[Ten
         return [model(x)]
     out = model(x, labels=labels, heads=True)
     if not isinstance(out, (tuple, list)) or not out:
-        raise ValueError(f"model: a multi-head model must return a tuple of logits with "
+        raise UserError(f"model: a multi-head model must return a tuple of logits with "
                          f"heads=True, got {type(out).__name__}")
     return list(out)
 
@@ -48,7 +49,7 @@ def weighted_heads(weights: Optional[Sequence[float]], losses: Sequence[Tensor])
         (loss,) = losses
         return loss
     if len(weights) != len(losses):
-        raise ValueError(f"model: declares {len(weights)} head weights but returned "
+        raise UserError(f"model: declares {len(weights)} head weights but returned "
                          f"{len(losses)} heads")
     total = losses[0] * weights[0]
     for w, loss in zip(weights[1:], losses[1:]):

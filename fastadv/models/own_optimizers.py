@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ._unwrap import inner_module
+from ..errors import UserTypeError
 
 __all__ = ["OwnOptimizer", "own_optimizers", "weight_parameters"]
 
@@ -37,7 +38,7 @@ def own_optimizers(model) -> List[OwnOptimizer]:
     groups = list(declare())
     for g in groups:
         if not isinstance(g, OwnOptimizer):
-            raise TypeError(f"model.own_optimizers() must return OwnOptimizer objects, got "
+            raise UserTypeError(f"model.own_optimizers() must return OwnOptimizer objects, got "
                             f"{type(g).__name__}")
     return groups
 

@@ -3,6 +3,7 @@ and adaptive pooling so that any input of at least 8×8 works, e.g. digits 8×8 
 from __future__ import annotations
 
 import torch.nn as nn
+from ..errors import UserError
 
 
 class SmallCNN(nn.Module):
@@ -38,5 +39,5 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         if x.shape[-1] < 8 or x.shape[-2] < 8:
-            raise ValueError(f"SmallCNN needs inputs of at least 8×8, got {tuple(x.shape[-2:])}")
+            raise UserError(f"SmallCNN needs inputs of at least 8×8, got {tuple(x.shape[-2:])}")
         return self.classifier(self.feature_extractor(x))

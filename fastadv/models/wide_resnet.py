@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 import torch.nn.functional as F
+from ..errors import UserError
 
 
 class BasicBlock(nn.Module):
@@ -62,10 +63,10 @@ class WideResNet(nn.Module):
                  in_channels: int = 3, dropout: float = 0.0):
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or ((depth - 4) % 6 and (depth - 2) % 6):
-            raise ValueError(f"depth must be 6n + 4 (e.g. 16, 28, 34) or 6n + 2 (Madry/FAT, e.g. 32) "
+            raise UserError(f"depth must be 6n + 4 (e.g. 16, 28, 34) or 6n + 2 (Madry/FAT, e.g. 32) "
                              f"with n >= 1, got {depth!r}")
         if widen_factor < 1:
-            raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
+            raise UserError(f"widen_factor must be >= 1, got {widen_factor}")
         ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         n = (depth - 4) // 6 if (depth - 4) % 6 == 0 else (depth - 2) // 6  # blocks per stage
         self.depth, self.widen_factor, self.blocks_per_stage = depth, widen_factor, n

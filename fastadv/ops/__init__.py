@@ -35,6 +35,7 @@ from torch import Tensor
 from . import library  # registers torch.ops.fastadv.*
 from ._validation import check_batched, check_clip, check_tensor, compute_dtype, per_sample
 from .dispatch import available_backends, get_backend
+from ..errors import UserError
 
 __all__ = ["linf_step_", "l2_step_", "random_start", "early_stop_update_", "compaction_plan",
            "compact_rows", "linf_step_compact", "linf_fosc_step_", "available_backends",
@@ -101,7 +102,7 @@ def random_start(x_nat: Tensor, eps, kind: Optional[str] = "uniform", sigma: flo
     ``None`` a copy of ``x_nat``. Noise is drawn on ``x_nat``'s device (with ``generator`` if given)."""
     check_batched("x_nat", check_tensor("x_nat", x_nat))  # the op checks the rest (clip bounds too)
     if kind not in RANDOM_START_KINDS:
-        raise ValueError(f"kind must be 'uniform', 'normal' or None, got {kind!r}")
+        raise UserError(f"kind must be 'uniform', 'normal' or None, got {kind!r}")
     n, dt = x_nat.shape[0], compute_dtype(x_nat)
     e = _per_sample("eps", eps, x_nat, check)  # a float: validated (and cached) here
     if isinstance(e, Tensor):
@@ -110,7 +111,7 @@ def random_start(x_nat: Tensor, eps, kind: Optional[str] = "uniform", sigma: flo
         check_clip(clip_min, clip_max)
         return x_nat.clone()
     if generator is not None and generator.device != x_nat.device:
-        raise ValueError(f"generator is on {generator.device} but x_nat is on {x_nat.device}")
+        raise UserError(f"generator is on {generator.device} but x_nat is on {x_nat.device}")
     r = torch.empty_like(x_nat, dtype=dt)
     if kind == "uniform":
         r.uniform_(0.0, 1.0, generator=generator)

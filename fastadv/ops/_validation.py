@@ -16,6 +16,7 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor
+from ..errors import UserError, UserTypeError
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _FLOAT_NAMES = "float64, float32, float16 or bfloat16"
@@ -29,9 +30,9 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 def check_tensor(name: str, t, *, float_only: bool = True) -> Tensor:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise UserTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if float_only and t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be {_FLOAT_NAMES}, got {t.dtype}")
+        raise UserTypeError(f"{name} must be {_FLOAT_NAMES}, got {t.dtype}")
     return t
 
 
@@ -39,28 +40,28 @@ def check_like(name: str, t, ref: Tensor, ref_name: str, *, same_dtype: bool = T
     """``t`` must be a float tensor with ``ref``'s shape, device (and dtype)."""
     check_tensor(name, t)
     if t.shape != ref.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has {tuple(ref.shape)}")
+        raise UserError(f"{name} has shape {tuple(t.shape)} but {ref_name} has {tuple(ref.shape)}")
     if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+        raise UserError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
     if same_dtype and t.dtype != ref.dtype:
-        raise TypeError(f"{name} is {t.dtype} but {ref_name} is {ref.dtype}")
+        raise UserTypeError(f"{name} is {t.dtype} but {ref_name} is {ref.dtype}")
     return t
 
 
 def check_batched(name: str, t: Tensor) -> Tensor:
     if t.dim() < 1:
-        raise ValueError(f"{name} must have a batch dimension first, got a 0-dim tensor")
+        raise UserError(f"{name} must have a batch dimension first, got a 0-dim tensor")
     return t
 
 
 def check_number(name: str, v) -> float:
     """A finite Python number >= 0, as a float."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+        raise UserTypeError(f"{name} must be a float, got {type(v).__name__}")
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
+        raise UserError(f"{name} must be finite, got {v}")
     if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
+        raise UserError(f"{name} must be >= 0, got {v}")
     return float(v)
 
 
@@ -71,7 +72,7 @@ def per_sample(name: str, v, n: int, device: torch.device, dtype: torch.dtype = 
     if not isinstance(v, Tensor):
         v = check_number(name, v)
         if v > torch.finfo(dtype).max:  # it would become inf in the kernels' compute dtype
-            raise ValueError(f"{name} = {v:g} does not fit {dtype} (at most "
+            raise UserError(f"{name} = {v:g} does not fit {dtype} (at most "
                              f"{torch.finfo(dtype).max:g}), the dtype the attack computes in")
         return torch.full((n,), v, dtype=dtype, device=device)
     if not check and v.dtype == dtype and v.shape == (n,) and v.device == device and v.is_contiguous():
@@ -79,28 +80,28 @@ def per_sample(name: str, v, n: int, device: torch.device, dtype: torch.dtype = 
     if v.dim() == 0:
         v = v.expand(n)
     if v.shape != (n,):
-        raise ValueError(f"{name} must be a float or have shape [{n}] (one value per sample), got {tuple(v.shape)}")
+        raise UserError(f"{name} must be a float or have shape [{n}] (one value per sample), got {tuple(v.shape)}")
     if v.device != device:
-        raise ValueError(f"{name} is on {v.device} but the batch is on {device}")
+        raise UserError(f"{name} is on {v.device} but the batch is on {device}")
     if not (v.dtype.is_floating_point or v.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a floating-point tensor, got {v.dtype}")
+        raise UserTypeError(f"{name} must be a floating-point tensor, got {v.dtype}")
     v = v.to(dtype).contiguous()
     if check and n:
         if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{name} must be finite (it has inf or nan entries)")
+            raise UserError(f"{name} must be finite (it has inf or nan entries)")
         if bool((v < 0).any()):
-            raise ValueError(f"{name} must be >= 0 (it has negative entries)")
+            raise UserError(f"{name} must be >= 0 (it has negative entries)")
     return v
 
 
 def check_clip(clip_min, clip_max) -> tuple[float, float]:
     for name, v in (("clip_min", clip_min), ("clip_max", clip_max)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+            raise UserTypeError(f"{name} must be a float, got {type(v).__name__}")
         if math.isnan(v):
-            raise ValueError(f"{name} must not be nan")
+            raise UserError(f"{name} must not be nan")
     if clip_min > clip_max:
-        raise ValueError(f"clip_min ({clip_min}) must be <= clip_max ({clip_max})")
+        raise UserError(f"clip_min ({clip_min}) must be <= clip_max ({clip_max})")
     return float(clip_min), float(clip_max)
 
 
@@ -111,7 +112,7 @@ def check_step_args(x, grad, x_nat, noise: Optional[Tensor]) -> None:
     if noise is not None:
         check_like("noise", noise, x, "x", same_dtype=False)
     if x.requires_grad and torch.is_grad_enabled():
-        raise ValueError("x requires grad: the step is in place; call it under torch.no_grad() or pass x.detach()")
+        raise UserError("x requires grad: the step is in place; call it under torch.no_grad() or pass x.detach()")
 
 
 def step_inputs(x, grad, x_nat, eps, alpha, noise, clip_min, clip_max, check: bool):
@@ -130,31 +131,31 @@ def step_inputs(x, grad, x_nat, eps, alpha, noise, clip_min, clip_max, check: bo
 def check_threshold(v) -> float:
     """A finite Python number (any sign), as a float: DAT's FOSC threshold."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"threshold must be a float, got {type(v).__name__}")
+        raise UserTypeError(f"threshold must be a float, got {type(v).__name__}")
     if not math.isfinite(v):
-        raise ValueError(f"threshold must be finite, got {v!r}")
+        raise UserError(f"threshold must be finite, got {v!r}")
     return float(v)
 
 
 def check_index_vector(name: str, t, n: int, device: torch.device, dtypes=(torch.int64,)) -> Tensor:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise UserTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
         names = " or ".join(str(d) for d in dtypes)
-        raise TypeError(f"{name} must be {names}, got {t.dtype}")
+        raise UserTypeError(f"{name} must be {names}, got {t.dtype}")
     if t.shape != (n,):
-        raise ValueError(f"{name} must have shape [{n}], got {tuple(t.shape)}")
+        raise UserError(f"{name} must have shape [{n}], got {tuple(t.shape)}")
     if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but the batch is on {device}")
+        raise UserError(f"{name} is on {t.device} but the batch is on {device}")
     return t
 
 
 def check_early_stop_args(logits, y, budget, kappa) -> None:
     check_tensor("logits", logits)
     if logits.dim() != 2:
-        raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+        raise UserError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
     if logits.shape[0] and logits.shape[1] == 0:
-        raise ValueError("logits must have at least one class")
+        raise UserError("logits must have at least one class")
     n, dev = logits.shape[0], logits.device
     check_index_vector("y", y, n, dev, (torch.int64, torch.int32))
     check_index_vector("budget", budget, n, dev)
@@ -163,14 +164,14 @@ def check_early_stop_args(logits, y, budget, kappa) -> None:
 
 def check_leave(leave) -> None:
     if not isinstance(leave, Tensor):
-        raise TypeError(f"leave must be a torch.Tensor, got {type(leave).__name__}")
+        raise UserTypeError(f"leave must be a torch.Tensor, got {type(leave).__name__}")
     if leave.dtype != torch.bool or leave.dim() != 1:
-        raise TypeError(f"leave must be a 1-D bool tensor, got {leave.dtype} of shape {tuple(leave.shape)}")
+        raise UserTypeError(f"leave must be a 1-D bool tensor, got {leave.dtype} of shape {tuple(leave.shape)}")
 
 
 def check_n_active(n_active, m: int) -> int:
     if isinstance(n_active, bool) or not isinstance(n_active, int) or not 0 <= n_active <= m:
-        raise ValueError(f"n_active must be an int in [0, {m}], got {n_active!r}")
+        raise UserError(f"n_active must be an int in [0, {m}], got {n_active!r}")
     return n_active
 
 
@@ -182,17 +183,17 @@ def check_plan(src: Tensor, dest, n_active, index, leavers, *, index_required: b
     n_active = check_n_active(n_active, m)
     if leavers is None:
         if index_required:
-            raise ValueError("leavers is required (the leaving rows are written to leavers[index])")
+            raise UserError("leavers is required (the leaving rows are written to leavers[index])")
         if index is not None:
-            raise ValueError("index is given without leavers (index says where in leavers the leaving rows go)")
+            raise UserError("index is given without leavers (index says where in leavers the leaving rows go)")
         return n_active
     check_tensor("leavers", leavers, float_only=False)
     if index is None:
-        raise ValueError("index is required with leavers (leaving rows are written to leavers[index])")
+        raise UserError("index is required with leavers (leaving rows are written to leavers[index])")
     check_index_vector("index", index, m, src.device)
     if leavers.dim() != src.dim() or leavers.shape[1:] != src.shape[1:]:
-        raise ValueError(f"leavers must have shape [*, {', '.join(map(str, src.shape[1:]))}], "
+        raise UserError(f"leavers must have shape [*, {', '.join(map(str, src.shape[1:]))}], "
                          f"got {tuple(leavers.shape)}")
     if leavers.device != src.device or leavers.dtype != src.dtype:
-        raise ValueError(f"leavers is {leavers.dtype} on {leavers.device} but the rows are {src.dtype} on {src.device}")
+        raise UserError(f"leavers is {leavers.dtype} on {leavers.device} but the rows are {src.dtype} on {src.device}")
     return n_active

@@ -23,6 +23,7 @@ import warnings
 from types import ModuleType
 
 import torch
+from ..errors import UserError
 
 BACKEND_NAMES = ("native", "triton", "reference")
 # On the CPU, Triton runs only in its interpreter (a correctness tool, slower than the reference).
@@ -73,7 +74,7 @@ def forced_backend() -> str | None:
         return None
     name = name.strip().lower()
     if name not in BACKEND_NAMES:
-        raise ValueError(f"FASTADV_BACKEND must be one of {', '.join(BACKEND_NAMES)}, got {name!r}")
+        raise UserError(f"FASTADV_BACKEND must be one of {', '.join(BACKEND_NAMES)}, got {name!r}")
     return name
 
 

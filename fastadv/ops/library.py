@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import _validation as v
 from . import dispatch
+from ..errors import UserTypeError
 
 _LIB = "fastadv"
 
@@ -187,7 +188,7 @@ def linf_fosc_step_(x: Tensor, grad: Tensor, x_nat: Tensor, x_start: Tensor, eps
     v.check_like("x_start", x_start, x, "x")
     threshold = v.check_threshold(threshold)
     if not isinstance(always, bool):
-        raise TypeError(f"always must be a bool, got {type(always).__name__}")
+        raise UserTypeError(f"always must be a bool, got {type(always).__name__}")
     n = x.shape[0]
     if n == 0 or x.numel() == 0:
         return torch.zeros(n, dtype=v.compute_dtype(x), device=x.device)

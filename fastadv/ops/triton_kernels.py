@@ -48,6 +48,8 @@ from torch import Tensor
 import triton  # ImportError here means "no Triton backend" to the dispatcher
 import triton.language as tl
 
+from ..errors import UserTypeError
+
 # Read once, as Triton itself decides at decoration time whether kernels are interpreted.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -482,7 +484,7 @@ def compaction_plan(leave: Tensor) -> tuple[Tensor, Tensor]:
     if m == 0:
         return dest, count
     if leave.dtype != torch.bool or leave.dim() != 1:
-        raise TypeError(f"leave: expected a 1-D bool tensor, got {leave.dtype} {tuple(leave.shape)}")
+        raise UserTypeError(f"leave: expected a 1-D bool tensor, got {leave.dtype} {tuple(leave.shape)}")
     _plan_kernel[(1,)](leave.contiguous().view(torch.uint8), dest, count.view(1), m,
                        BLOCK=_SCAN_BLOCK, **_LAUNCH)
     return dest, count

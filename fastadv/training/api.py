@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -32,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import RunFolderError, is_user_error
+from ..errors import RunFolderError, UserError, is_user_error
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, runtime_info
+from .checkpoint import load_checkpoint, runtime_notes
 from .checks import fail
 from .config import (RUNTIME_OPTIONS, TrainConfig, default_out_dir, plain_config, resolve_config,
                      resume_config, unknown_options)
@@ -224,7 +223,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     main = rank == 0
     if world > 1 and cfg.batch_size % world:
-        raise ValueError(f"batch_size: {cfg.batch_size} is the global batch and must be a "
+        raise UserError(f"batch_size: {cfg.batch_size} is the global batch and must be a "
                          f"multiple of the {world} processes (each trains on batch_size / {world})")
 
     # Data next: a missing dataset fails before anything else is built. Distributed: rank 0
@@ -258,7 +257,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     optimizer = torch.optim.SGD(weight_parameters(model), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if folder is not None:
-        _on_main(lambda: _check_free_space(folder, model, cfg.momentum > 0), distributed, main)
+        _on_main(lambda: folder.check_free_space(model, optimizer), distributed, main)
     loader_type = dist_utils.ShardedBatchLoader if distributed else BatchLoader
     batch = cfg.batch_size // world  # this process's share of the global batch
     common = dict(shuffle=True, augment=cfg.augment, device=device, channels_last=cfg.channels_last)
@@ -303,9 +302,11 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
 
     last = folder.file("last.pt") if folder is not None else None
     if state is not None:
-        trainer.load_checkpoint(state, source=last)
+        # Verbose, the differences that cost bit-exactness are printed with the other resume
+        # notes; quiet, load_checkpoint warns (they are never silent).
+        trainer.load_checkpoint(state, source=last, warn_not_exact=not logger.verbose)
         logger.print(f"resumed from {last} after epoch {trainer.epoch}")
-        for note in _resume_notes(state, cfg, device):
+        for note in _resume_notes(state, cfg) + trainer.not_exact_notes:
             logger.print(f"resume: {note}")
     elif cfg.resume:
         logger.print(f"resume: no checkpoint at {last}; starting from scratch")
@@ -343,24 +344,13 @@ def split_validation(train_ds):
     return train_ds.subset(slice(0, n - k)), train_ds.subset(slice(n - k, n))
 
 
-def _resume_notes(state: Dict[str, Any], cfg: TrainConfig, device) -> List[str]:
-    """What differs from the process that wrote the checkpoint, where it matters for exactness."""
-    notes = []
+def _resume_notes(state: Dict[str, Any], cfg: TrainConfig) -> List[str]:
+    """What a resume with this config changes in the run (its length)."""
     stored_epochs = (state.get("config") or {}).get("epochs")
     if stored_epochs is not None and stored_epochs != cfg.epochs:
-        notes.append(f"the run now ends after {cfg.epochs} epochs instead of {stored_epochs} (its "
-                     f"lr and tau schedules follow the new length from here on)")
-    was, now = state.get("runtime") or {}, runtime_info(device)
-    if was.get("threads") is not None and was["threads"] != now["threads"]:
-        notes.append(f"the checkpoint was written with {was['threads']} CPU threads and this "
-                     f"process uses {now['threads']}: the rest of the run is deterministic, but "
-                     f"not bit-identical to an uninterrupted run (threads={was['threads']} / "
-                     f"--threads {was['threads']} matches it)")
-    for key, what in (("device", "device"), ("device_name", "GPU"), ("torch", "torch version")):
-        if was.get(key) is not None and was[key] != now[key]:
-            notes.append(f"the checkpoint was written on {what} {was[key]} and this process runs "
-                         f"on {now[key]}: not bit-identical to an uninterrupted run")
-    return notes
+        return [f"the run now ends after {cfg.epochs} epochs instead of {stored_epochs} (its lr "
+                f"and tau schedules follow the new length from here on)"]
+    return []
 
 
 # The options an AT run must share with this one for its time to be a fair reference.
@@ -368,9 +358,10 @@ _SAME_SETTINGS = ("dataset", "model", "epochs", "batch_size", "train_samples", "
                   "alpha", "seed", "amp", "channels_last", "compile", "eval_every", "eval_samples")
 
 
-def _at_reference(cfg: TrainConfig):
+def _at_reference(cfg: TrainConfig, device=None):
     """(folder, training seconds) of a finished AT run with the same settings in the default
-    place (``runs/<dataset>-at-s<seed>``), or None."""
+    place (``runs/<dataset>-at-s<seed>``), run on the same device, CPU thread count and torch
+    (its times are comparable), or None."""
     import dataclasses
     import json
     at = dataclasses.replace(cfg, method="at", tau=None)
@@ -379,31 +370,17 @@ def _at_reference(cfg: TrainConfig):
     if os.path.abspath(folder) == os.path.abspath(cfg.out_dir or "") or not os.path.isfile(last):
         return None
     try:
-        stored = load_checkpoint(last).get("config") or {}
+        state = load_checkpoint(last)
+        stored = state.get("config") or {}
         with open(os.path.join(folder, "history.json")) as f:
             history = json.load(f)
     except (OSError, ValueError):
         return None
     mine = plain_config(cfg.to_dict())
     if stored.get("method") != "at" or any(stored.get(k) != mine.get(k) for k in _SAME_SETTINGS) \
-            or len(history) != cfg.epochs:
+            or len(history) != cfg.epochs or runtime_notes(state, device):
         return None
     return folder, sum(r.get("seconds") or 0.0 for r in history)
-
-
-def _check_free_space(folder: RunFolder, model: nn.Module, momentum: bool) -> None:
-    """Refuse to start when the disk cannot hold this run's checkpoints: last.pt and best.pt, plus
-    the temporary file of a save (the model's tensors, and SGD's momentum buffers)."""
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    size += sum(p.numel() * p.element_size() for p in model.parameters()) if momentum else 0
-    present = [n for n in ("last.pt", "best.pt") if os.path.isfile(folder.file(n))]
-    need = size * (3 - len(present))
-    free = shutil.disk_usage(folder.path).free
-    if free < need:
-        raise RunFolderError(f"out_dir: only {free / 2**20:.1f} MB free on the disk of "
-                             f"{folder.path}; this run needs about {need / 2**20:.1f} MB for its "
-                             f"checkpoints (last.pt, best.pt and a temporary copy while saving); "
-                             f"free some space or choose another out_dir")
 
 
 def _banner(cfg: TrainConfig, train_ds, n_eval: int, device, world: int = 1) -> str:
@@ -440,7 +417,7 @@ def _summary(logger: RunLogger, trainer: Trainer, cfg: TrainConfig) -> None:
     train_s = sum(r.get("seconds") or 0.0 for r in h)
     eval_s = sum(r.get("eval_seconds") or 0.0 for r in h)
     line = f"time: {train_s:.1f} s training + {eval_s:.1f} s evaluation"
-    ref = _at_reference(cfg) if cfg.method != "at" else None
+    ref = _at_reference(cfg, trainer.device) if cfg.method != "at" else None
     if ref is not None and train_s > 0:
         where, at_s = ref
         line += (f"; the AT run with the same settings in {where} trained in {at_s:.1f} s: this "

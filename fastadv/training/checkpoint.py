@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -115,6 +115,28 @@ def runtime_info(device=None) -> Dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"threads": torch.get_num_threads(), "device": str(device), "device_name": name,
             "torch": str(torch.__version__)}
+
+
+def runtime_notes(state: Dict[str, Any], device=None) -> List[str]:
+    """Where this process differs from the one that wrote ``state`` in a way that makes the rest
+    of a resumed run deterministic but not bit-identical to an uninterrupted one (item 6 of the
+    run-folder guarantees: the thread count, the device, the GPU, the torch version)."""
+    was, now = state.get("runtime") or {}, runtime_info(device)
+    notes = []
+    if was.get("threads") is not None and was["threads"] != now["threads"]:
+        notes.append(f"the checkpoint was written with {was['threads']} CPU threads and this "
+                     f"process uses {now['threads']}: the rest of the run is deterministic, but "
+                     f"not bit-identical to an uninterrupted run (threads={was['threads']} / "
+                     f"--threads {was['threads']} matches it)")
+    for key, what in (("device", "device"), ("device_name", "GPU"), ("torch", "torch version")):
+        if was.get(key) is not None and was[key] != now[key]:
+            notes.append(f"the checkpoint was written on {what} {was[key]} and this process runs "
+                         f"on {now[key]}: not bit-identical to an uninterrupted run")
+    return notes
+
+
+class NotBitExactWarning(UserWarning):
+    """A resume on another thread count, device or torch: deterministic, not bit-identical."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -6,12 +6,11 @@ Errors are :class:`~fastadv.errors.UserError` (a ``ValueError``) for a bad value
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
-from ..errors import UserError
+from ..errors import UserError, UserTypeError
 
 
 def fail(option: str, msg: str, exc=UserError):
@@ -28,7 +27,8 @@ def check_number(option: str, value, *, minimum=None, strict=False, integer=Fals
         fail(option, "is required")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             integer and not isinstance(value, int)):
-        fail(option, f"must be {'an int' if integer else 'a number'}, got {value!r}", TypeError)
+        fail(option, f"must be {'an int' if integer else 'a number'}, got {value!r}",
+             UserTypeError)
     if not math.isfinite(value):
         fail(option, f"must be finite, got {value!r}")
     if minimum is not None and (value < minimum or (strict and value == minimum)):
@@ -38,23 +38,24 @@ def check_number(option: str, value, *, minimum=None, strict=False, integer=Fals
 def check_bool(option: str, value) -> None:
     """Only True and False (``resume="no"`` would be truthy)."""
     if not isinstance(value, bool):
-        fail(option, f"must be True or False, got {value!r}", TypeError)
+        fail(option, f"must be True or False, got {value!r}", UserTypeError)
 
 
 def check_attack_budget(eps, alpha, steps) -> None:
     """ε and α are finite, >= 0 and at most the whole [0, 1] pixel range (above 1 is a slip for
     /255); steps is an int >= 1."""
     for option, value in (("eps", eps), ("alpha", alpha)):
-        check_number(option, value, minimum=0)
-        if value > 1:
-            fail(option, f"{value:g} is larger than the whole [0, 1] pixel range; did you mean "
-                         f"{value:g}/255 = {value / 255:.4g}?")
+        check_linf_size(option, value)
     check_number("steps", steps, minimum=1, integer=True)
 
 
-def did_you_mean(name, names: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name).lower(), list(names), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def check_linf_size(option: str, value, *, strict: bool = False) -> None:
+    """An L-inf radius or step on [0, 1] images: a finite number >= 0 (> 0 when ``strict``) and
+    at most 1, the whole pixel range (above 1 is a slip for /255)."""
+    check_number(option, value, minimum=0, strict=strict)
+    if value > 1:
+        fail(option, f"{value:g} is larger than the whole [0, 1] pixel range; did you mean "
+                     f"{value:g}/255 = {value / 255:.4g}?")
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
 
 from ..losses import WEIGHT_FUNCS  # noqa: F401  (one list of GAIR weight functions, for the CLI)
-from .checks import check_attack_budget, check_bool, check_number, did_you_mean, fail
+from .checks import check_attack_budget, check_bool, check_number, fail
 from .methods import METHOD_OPTIONS, METHODS, Method, get_method
 from .schedules import LR_SCHEDULES, check_milestones
+from ..errors import UserTypeError, did_you_mean
 
 # --------------------------------------------------------------------------------- datasets
 
@@ -136,7 +137,7 @@ def unknown_options(options: Dict[str, Any]) -> None:
         if key not in OPTION_NAMES:
             close = difflib.get_close_matches(key, OPTION_NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"unknown option {key!r}{hint} (options: {', '.join(OPTION_NAMES)})")
+            raise UserTypeError(f"unknown option {key!r}{hint} (options: {', '.join(OPTION_NAMES)})")
 
 
 def resolve_config(method: Union[str, Method] = "fat", **options) -> TrainConfig:
@@ -190,7 +191,8 @@ def resolve_config(method: Union[str, Method] = "fat", **options) -> TrainConfig
     for opt in BOOL_OPTIONS:
         check_bool(opt, getattr(cfg, opt))
     if cfg.progress is not None and not isinstance(cfg.progress, bool):
-        fail("progress", f"must be True, False or None (automatic), got {cfg.progress!r}", TypeError)
+        fail("progress", f"must be True, False or None (automatic), got {cfg.progress!r}",
+             UserTypeError)
     if cfg.resume and cfg.overwrite:
         fail("overwrite", "and resume=True contradict each other: resume continues the run in "
                           "out_dir, overwrite replaces it")
@@ -202,7 +204,7 @@ def resolve_config(method: Union[str, Method] = "fat", **options) -> TrainConfig
     check_number("batch_size", cfg.batch_size, minimum=1, integer=True)
     if cfg.extra_data is not None:
         if not isinstance(cfg.extra_data, (str, os.PathLike)) or not str(cfg.extra_data):
-            fail("extra_data", f"must be a file path, got {cfg.extra_data!r}", TypeError)
+            fail("extra_data", f"must be a file path, got {cfg.extra_data!r}", UserTypeError)
         cfg.extra_data = os.fspath(cfg.extra_data)
         cfg.extra_fraction = 0.5 if cfg.extra_fraction is None else cfg.extra_fraction
         check_number("extra_fraction", cfg.extra_fraction, minimum=0, strict=True)
@@ -237,7 +239,7 @@ def resolve_config(method: Union[str, Method] = "fat", **options) -> TrainConfig
         check_milestones(cfg.lr_schedule)
     else:
         fail("lr_schedule", f"must be a name or a dict, got {type(cfg.lr_schedule).__name__}",
-             TypeError)
+             UserTypeError)
     if isinstance(cfg.amp, str) and cfg.amp.lower() in ("none", "no", "off", "fp32"):
         cfg.amp = None
     if cfg.amp not in AMP_MODES:

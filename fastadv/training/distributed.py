@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..data.loader import BatchLoader
+from ..errors import UserError
 
 
 # --------------------------------------------------------------------------- process group
@@ -55,7 +56,7 @@ def env_world_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        raise ValueError(f"WORLD_SIZE must be an int, got {os.environ.get('WORLD_SIZE')!r}")
+        raise UserError(f"WORLD_SIZE must be an int, got {os.environ.get('WORLD_SIZE')!r}")
 
 
 def is_distributed() -> bool:
@@ -100,7 +101,7 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
-            raise ValueError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun "
+            raise UserError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun "
                              f"(torchrun --nproc_per_node=N -m fastadv train ...)")
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     kwargs = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
@@ -220,9 +221,9 @@ class ShardedBatchLoader(BatchLoader):
         world_size = get_world_size() if world_size is None else world_size
         rank = get_rank() if rank is None else rank
         if not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+            raise UserError(f"world_size must be an int >= 1, got {world_size!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+            raise UserError(f"rank must be an int in [0, {world_size}), got {rank!r}")
         self.rank, self.world_size = rank, world_size
 
     @property

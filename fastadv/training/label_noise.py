@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .checks import Option, check_number, fail
+from ..errors import UserError
 
 NOISE_TYPES = ("symmetric", "pairflip")
 
@@ -37,11 +38,11 @@ def inject_label_noise(y: Tensor, rate: float, num_classes: int, kind: str = "sy
     uniformly drawn *other* class; ``pairflip``: by ``(y + 1) % num_classes``. Draws from
     ``generator`` (default: the global RNG of y's device)."""
     if kind not in NOISE_TYPES:
-        raise ValueError(f"kind must be one of {', '.join(NOISE_TYPES)}, got {kind!r}")
+        raise UserError(f"kind must be one of {', '.join(NOISE_TYPES)}, got {kind!r}")
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+        raise UserError(f"rate must be in [0, 1], got {rate!r}")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        raise UserError(f"num_classes must be >= 2, got {num_classes!r}")
     n = y.shape[0]
     flip = torch.rand(n, device=y.device, generator=generator) < rate
     if kind == "pairflip":

@@ -31,6 +31,7 @@ from .checks import Option, check_number, fail
 from .label_noise import LabelNoise
 from .objectives import CE, DatCE, EpochPlan, GairCE, GairTrades, Mart, Objective, Trades
 from .schedules import scale_boundaries
+from ..errors import UserError, UserTypeError
 
 # ----------------------------------------------------------------------------- attack recipes
 
@@ -48,7 +49,7 @@ class AttackRecipe:
     def __init__(self, loss: str = "ce", random_start: Optional[str] = "uniform"):
         from ..attacks.base import ATTACK_LOSSES, normalize_random_start
         if loss not in ATTACK_LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(ATTACK_LOSSES)}, got {loss!r}")
+            raise UserError(f"loss must be one of {', '.join(ATTACK_LOSSES)}, got {loss!r}")
         self.loss = loss
         self.random_start = normalize_random_start(random_start)
 
@@ -294,15 +295,15 @@ class Method:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
-            raise TypeError(f"name must be a non-empty str, got {self.name!r}")
+            raise UserTypeError(f"name must be a non-empty str, got {self.name!r}")
         if self.attack is not None and not isinstance(self.attack, AttackRecipe):
-            raise TypeError(f"attack must be an AttackRecipe or None, got {self.attack!r}")
+            raise UserTypeError(f"attack must be an AttackRecipe or None, got {self.attack!r}")
         if not isinstance(self.objective, Objective):
-            raise TypeError(f"objective must be an Objective, got {self.objective!r}")
+            raise UserTypeError(f"objective must be an Objective, got {self.objective!r}")
         if self.label_noise is not None and not isinstance(self.label_noise, LabelNoise):
-            raise TypeError(f"label_noise must be a LabelNoise or None, got {self.label_noise!r}")
+            raise UserTypeError(f"label_noise must be a LabelNoise or None, got {self.label_noise!r}")
         if self.attack is None and self.objective.needs_attack:
-            raise ValueError(f"objective: {self.objective!r} trains on an attack's result; give "
+            raise UserError(f"objective: {self.objective!r} trains on an attack's result; give "
                              f"the method an attack")
 
     @property
@@ -354,7 +355,7 @@ def get_method(method) -> Method:
         return method
     if isinstance(method, str) and method.lower() in METHODS:
         return METHODS[method.lower()]
-    from .checks import did_you_mean
+    from ..errors import did_you_mean
     alias = METHOD_ALIASES.get(str(method).lower().replace("_", "-"))
     hint = f" (did you mean {alias!r}?)" if alias else did_you_mean(method, METHODS)
     fail("method", f"unknown method {method!r}{hint}; available: {', '.join(METHODS)} (or a "

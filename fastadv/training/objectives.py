@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..models.heads import forward_heads, head_weights, weighted_heads
 from .checks import Option, check_bool, check_number, fail
+from ..errors import UserError, UserTypeError
 
 
 def ce_loss(logits_adv: Tensor, y: Tensor, weights: Optional[Tensor] = None) -> Tensor:
@@ -24,7 +25,7 @@ def ce_loss(logits_adv: Tensor, y: Tensor, weights: Optional[Tensor] = None) -> 
     if weights is None:
         return F.cross_entropy(logits_adv, y)
     if weights.shape != y.shape:
-        raise ValueError(f"weights must have shape {tuple(y.shape)}, got {tuple(weights.shape)}")
+        raise UserError(f"weights must have shape {tuple(y.shape)}, got {tuple(weights.shape)}")
     ce = F.cross_entropy(logits_adv, y, reduction="none")
     return (weights.detach().to(ce.dtype) * ce).mean()
 
@@ -113,7 +114,8 @@ class CE(Objective):
 
 def _check_lam(name, value, epochs):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        fail(name, f"must be a number (inf allowed: no reweighting), got {value!r}", TypeError)
+        fail(name, f"must be a number (inf allowed: no reweighting), got {value!r}",
+             UserTypeError)
     return float(value)
 
 

@@ -23,6 +23,7 @@ import datetime
 import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 from typing import BinaryIO, Callable, List
@@ -103,6 +104,24 @@ class RunFolder:
         except OSError as e:
             raise RunFolderError(f"out_dir: cannot write in {self.path} ({e.strerror or e}); choose "
                                  f"a folder you can write to") from e
+
+    def check_free_space(self, model, optimizer=None) -> None:
+        """Refuse to start when the disk cannot hold this run's checkpoints: last.pt and best.pt,
+        plus the temporary file of a save (the model's tensors and the optimizer's per-parameter
+        state: SGD's momentum buffer, Adam's two moments)."""
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        per_param = 0
+        for g in (optimizer.param_groups if optimizer is not None else ()):
+            per_param = max(per_param, 2 if "betas" in g else int(bool(g.get("momentum"))))
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        need = (size + per_param * params) * (3 - sum(
+            os.path.isfile(self.file(n)) for n in ("last.pt", "best.pt")))
+        free = shutil.disk_usage(self.path).free
+        if free < need:
+            raise RunFolderError(f"out_dir: only {free / 2**20:.1f} MB free on the disk of "
+                                 f"{self.path}; this run needs about {need / 2**20:.1f} MB for "
+                                 f"its checkpoints (last.pt, best.pt and a temporary copy while "
+                                 f"saving); free some space or choose another out_dir")
 
     def run_files(self) -> List[str]:
         """The run files present (``last.pt``, ``best.pt``, ``history.json``, ``history.csv``)."""

@@ -10,6 +10,7 @@ import math
 from typing import Sequence, Tuple, Union
 
 from .checks import fail
+from ..errors import UserError
 
 # The named milestone schedules: Rice et al.'s piecewise decay (GAIRAT's default) and FAT.py's.
 NAMED_SCHEDULES = {
@@ -47,7 +48,7 @@ def lr_at(epoch: int, base_lr: float, epochs: int, schedule: Union[str, dict] = 
         return float(base_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     spec = schedule if isinstance(schedule, dict) else NAMED_SCHEDULES.get(schedule)
     if not isinstance(spec, dict):
-        raise ValueError(f"lr_schedule: unknown {schedule!r}")
+        raise UserError(f"lr_schedule: unknown {schedule!r}")
     lr = float(base_lr)
     for m, f in zip(spec["milestones"], spec["factors"]):
         if epoch + 1e-9 >= m * epochs:  # tolerance: 110/120·120 is 110.00000000000001

@@ -34,9 +34,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..attacks.base import explain_dtype_errors, input_range_message, outside_box
-from ..errors import CheckpointError, NonFiniteLossError, RunFolderError, UserError
-from .checkpoint import (atomic_save, load_checkpoint, load_model_state, make_checkpoint,
-                         rng_state, runtime_info, set_rng_state, unwrap)
+from ..errors import (CheckpointError, NonFiniteLossError, RunFolderError, UserError,
+                      UserTypeError)
+from .checkpoint import (NotBitExactWarning, atomic_save, load_checkpoint, load_model_state,
+                         make_checkpoint, rng_state, runtime_info, runtime_notes, set_rng_state,
+                         unwrap)
 from .checks import check_attack_budget, check_bool, check_number, fail
 from . import distributed as dist_utils
 from .logging import RunLogger, progress_bar, use_progress
@@ -50,9 +52,18 @@ def _check_optimizer_fits(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     own = {id(p) for p in model.parameters() if p.requires_grad}
     stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
     if own and not own & stepped:
-        raise ValueError(f"optimizer: updates none of the model's {len(own)} trainable parameter "
-                         f"tensors (was it built for another model, or before the model was "
-                         f"replaced?); build it from this model's parameters()")
+        raise UserError(f"optimizer: updates none of the model's {len(own)} trainable parameter "
+                        f"tensors (was it built for another model, or before the model was "
+                        f"replaced?); build it from this model's parameters()")
+    from ..models.own_optimizers import own_optimizers
+    own -= {id(p) for g in own_optimizers(model) for p in g.params}  # DS-Net's α: stepped apart
+    left_out = [name for name, p in model.named_parameters() if id(p) in own - stepped]
+    if left_out:  # fine-tuning may mean it; a replaced layer usually does not
+        warnings.warn(f"optimizer: does not update {len(left_out)} of the model's trainable "
+                      f"parameter tensors ({', '.join(left_out[:3])}"
+                      f"{', ...' if len(left_out) > 3 else ''}), which therefore never train; "
+                      f"build it after the model is final, or set requires_grad=False on the "
+                      f"ones meant to stay fixed", stacklevel=3)
 
 
 def _build_own_optimizers(optimizer: torch.optim.Optimizer, model: nn.Module) -> Dict[str, Any]:
@@ -63,7 +74,7 @@ def _build_own_optimizers(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
     for g in groups:
         if any(id(p) in stepped for p in g.params):
-            raise ValueError(f"optimizer: also updates {g.name}, which the model trains with an "
+            raise UserError(f"optimizer: also updates {g.name}, which the model trains with an "
                              f"optimizer of its own; build it from "
                              f"fastadv.models.weight_parameters(model)")
     return {g.name: g.build(list(g.params)) for g in groups}
@@ -130,9 +141,9 @@ class Trainer:
         if ddp is not None:
             model = ddp.module
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+            raise UserTypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise UserTypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.method_object = get_method(method)
         self.method = self.method_object.name
         check_attack_budget(eps, alpha, steps)
@@ -140,7 +151,7 @@ class Trainer:
                         ("train_nat_acc", train_nat_acc)):
             check_bool(name, v)
         if distributed is not None and not isinstance(distributed, bool):
-            raise TypeError(f"distributed must be True, False or None (automatic), got {distributed!r}")
+            raise UserTypeError(f"distributed must be True, False or None (automatic), got {distributed!r}")
         _check_optimizer_fits(optimizer, model)
         # Parameters the model trains with an optimizer of its own (DS-Net's α): stepped after the
         # same backward as the main optimizer, saved in checkpoints beside it.
@@ -169,7 +180,7 @@ class Trainer:
         if distributed is None:
             distributed = ddp is not None or dist_utils.is_distributed()
         if distributed and not dist_utils.is_distributed():
-            raise ValueError("distributed=True needs an initialised process group with more than "
+            raise UserError("distributed=True needs an initialised process group with more than "
                              "one rank (launch with torchrun; see fastadv.training.distributed)")
         self.distributed = bool(distributed)
         self.rank = dist_utils.get_rank() if self.distributed else 0
@@ -185,7 +196,7 @@ class Trainer:
             if ddp is None:
                 if sync_bn:
                     if self.device.type != "cuda":
-                        raise ValueError("sync_bn: SyncBatchNorm needs CUDA (NCCL); on the CPU the "
+                        raise UserError("sync_bn: SyncBatchNorm needs CUDA (NCCL); on the CPU the "
                                          "ranks keep per-rank BatchNorm")
                     # Same Parameter objects: an optimizer built on the model stays valid.
                     self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -199,7 +210,7 @@ class Trainer:
                           else None, **{sync_kw: False})
             self.ddp = ddp
         elif sync_bn:
-            raise ValueError("sync_bn: only meaningful for a distributed (DDP) run")
+            raise UserError("sync_bn: only meaningful for a distributed (DDP) run")
         # The compiled module shares parameters with self.model (checkpoints use self.model).
         # fmodel: the attack and evaluation (the underlying module, never the DDP wrapper, so no
         # gradient all-reduce runs during autograd.grad w.r.t. the inputs); train_model: the
@@ -227,6 +238,8 @@ class Trainer:
         self.meta = meta or {}
         self.history: List[Dict[str, Any]] = []
         self.epoch = 0                   # epochs completed
+        self._run_dir: Optional[str] = None  # the folder of the run this trainer continues
+        self.not_exact_notes: List[str] = []  # why a resume is not bit-exact (load_checkpoint)
         self.best_pgd20: Optional[float] = None
         self.set_epoch(0)
 
@@ -295,12 +308,12 @@ class Trainer:
         diverging lr) raises :class:`~fastadv.errors.NonFiniteLossError` before the update, so
         the weights stay finite; x outside [0, 1] raises, naming its range."""
         if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-            raise TypeError(f"train_step takes tensors x and y, got {type(x).__name__} and "
+            raise UserTypeError(f"train_step takes tensors x and y, got {type(x).__name__} and "
                             f"{type(y).__name__}")
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if not x.is_floating_point():
-            raise TypeError(f"x must be floating point in [0, 1], got {x.dtype} (uint8 images: "
+            raise UserTypeError(f"x must be floating point in [0, 1], got {x.dtype} (uint8 images: "
                             f"divide by 255)")
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -339,7 +352,7 @@ class Trainer:
         bad_loss, *bad_x = bad.tolist()
         if bad_x and bad_x[0]:
             mine = bool(outside_box(x, 0.0, 1.0))  # the error path only: a host read is fine
-            raise ValueError(input_range_message(x, 0.0, 1.0) if mine else
+            raise UserError(input_range_message(x, 0.0, 1.0) if mine else
                              "x lies outside [0, 1] on another rank")
         if bad_loss:
             value = float(loss.detach())
@@ -431,7 +444,7 @@ class Trainer:
             # Per-rank BatchNorm statistics -> one model again before evaluation/checkpoints.
             dist_utils.average_buffers(self.model)
         if n == 0:
-            raise ValueError("loader: yielded no samples")
+            raise UserError("loader: yielded no samples")
         has_attack = self.attack is not None
         bp_avg = bp / n if has_attack else 0.0
         bp_exec_avg = bp_exec / n if has_attack else 0.0
@@ -536,7 +549,7 @@ class Trainer:
         it. Returns the history (one dict per epoch)."""
         epochs = self.epochs if epochs is None else epochs
         if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+            raise UserError(f"epochs must be an int >= 1, got {epochs!r}")
         check_bool("overwrite", overwrite)
         if self.method_object.needs_validation and val_data is None:
             fail("val_data", f"{self.method} follows the validation robust accuracy of every "
@@ -566,11 +579,16 @@ class Trainer:
         files = folder.run_files()
         if files and overwrite:
             folder.clear()
-        elif files and self.epoch == 0:
+        elif files and self._run_dir != os.path.realpath(folder.path):
+            # Only the run this trainer continues (loaded from that folder, or fitted into it)
+            # may be written there; a trainer at epoch 3 of another run would mix the two.
             raise RunFolderError(
-                f"out_dir: {folder.path} holds a run ({', '.join(files)}); continue it with "
-                f"trainer.load_checkpoint({folder.file('last.pt')!r}) before fit, pass "
-                f"overwrite=True to replace it, or choose another out_dir")
+                f"out_dir: {folder.path} holds a run ({', '.join(files)}) that this trainer does "
+                f"not continue; continue it with trainer.load_checkpoint("
+                f"{folder.file('last.pt')!r}) before fit, pass overwrite=True to replace it, or "
+                f"choose another out_dir")
+        self._run_dir = os.path.realpath(folder.path)
+        folder.check_free_space(self.model, self.optimizer)
 
     def _shared(self, fn) -> None:
         """Run ``fn`` (rank 0's file work); distributed, its user error is raised on every rank,
@@ -660,7 +678,7 @@ class Trainer:
             return
         lengths = dist_utils.all_gather_objects(int(length))
         if len(set(lengths)) != 1:
-            raise ValueError(f"loader: the ranks have different numbers of batches {lengths}; "
+            raise UserError(f"loader: the ranks have different numbers of batches {lengths}; "
                              f"DDP needs the same number on every rank (ShardedBatchLoader pads)")
 
     def state_dict(self) -> Dict[str, Any]:
@@ -668,11 +686,18 @@ class Trainer:
         return self._checkpoint()
 
     def load_checkpoint(self, path_or_state, restore_rng: bool = True,
-                        source: Optional[str] = None) -> Dict[str, Any]:
+                        source: Optional[str] = None,
+                        warn_not_exact: bool = True) -> Dict[str, Any]:
         """Restore model, optimizer, scheduler, epoch, history, best and (by default) every RNG
         from a checkpoint written by :meth:`fit` (a path or the loaded dict; ``source`` names a
         dict's file in errors). A checkpoint of another architecture or optimizer raises
-        :class:`~fastadv.errors.CheckpointError` in one line, before anything is changed."""
+        :class:`~fastadv.errors.CheckpointError` in one line, before anything is changed.
+
+        A checkpoint written with another CPU thread count, device or torch version continues
+        deterministically but not bit for bit: ``self.not_exact_notes`` says why, and a
+        :class:`~fastadv.training.checkpoint.NotBitExactWarning` is raised for each note unless
+        ``warn_not_exact=False`` (the caller reports them). :meth:`fit` may then write into the
+        checkpoint's folder."""
         # Loaded on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
         if isinstance(path_or_state, (str, os.PathLike)):
             source = os.fspath(path_or_state)
@@ -707,6 +732,12 @@ class Trainer:
         if restore_rng:
             self._restore_rng(state)
         self.set_epoch(self.epoch)
+        if source is not None and os.path.isfile(source):
+            self._run_dir = os.path.realpath(os.path.dirname(source) or ".")
+        self.not_exact_notes = runtime_notes(state, self.device)
+        if warn_not_exact:
+            for note in self.not_exact_notes:
+                warnings.warn(f"resume from {source}: {note}", NotBitExactWarning, stacklevel=2)
         return state
 
     def _restore_rng(self, state: Dict[str, Any]) -> None:
