@@ -105,10 +105,20 @@ def test_overwrite_replaces_the_whole_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(run, epochs=2) == 0
     assert (run / "best.pt").exists()
+    (run / "eval_best.json").write_text("{}")  # what eval and plot wrote about the old run
+    (run / "curves.png").write_bytes(b"png")
+    (run / "my_notes.txt").write_text("mine")  # not fastadv's: kept
+    before = _digest(run / "best.pt")
+    # An --overwrite that fails before training (here: the data) must not have cost the old run.
+    assert main(["train", "--method", "fat", "--dataset", "mnist", "--data-dir",
+                 str(tmp_path / "nowhere"), "--no-download", "--out-dir", str(run),
+                 "--overwrite"]) == 2
+    capsys.readouterr()
+    assert _digest(run / "best.pt") == before and (run / "eval_best.json").exists()
     # The new run evaluates never, so it writes no best.pt: the old one must not survive beside it.
     assert _train(run, "--overwrite", "--eval-every", "0", "--seed", "1") == 0
     assert sorted(p.name for p in run.iterdir() if p.name != LOCK_FILE) == [
-        "history.csv", "history.json", "last.pt"]
+        "history.csv", "history.json", "last.pt", "my_notes.txt"]
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["config"]["seed"] == 1
     assert main(["train", *TINY, "--out-dir", str(run), "--resume", "--overwrite"]) == 2

@@ -165,8 +165,7 @@ def _claim(folder: RunFolder, cfg: TrainConfig) -> bool:
     folder.open()
     files = folder.run_files()
     if cfg.overwrite:
-        folder.clear()
-        return False
+        return False  # the old run is deleted once data and model are ready (_train)
     if cfg.resume:
         if "last.pt" in files:
             return True
@@ -258,6 +257,8 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                                 weight_decay=cfg.weight_decay)
     if folder is not None:
         _on_main(lambda: folder.check_free_space(model, optimizer), distributed, main)
+        if cfg.overwrite:  # only now: a typo in --data-dir must not cost the old run
+            _on_main(folder.clear, distributed, main)
     loader_type = dist_utils.ShardedBatchLoader if distributed else BatchLoader
     batch = cfg.batch_size // world  # this process's share of the global batch
     common = dict(shuffle=True, augment=cfg.augment, device=device, channels_last=cfg.channels_last)

@@ -32,6 +32,8 @@ from ..errors import RunFolderError
 
 RUN_FILES = ("last.pt", "best.pt", "history.json", "history.csv")
 LOCK_FILE = ".fastadv-lock"
+# The files fastadv's commands write beside a run's checkpoints (eval, detect, plot, audit-labels).
+_DERIVED = re.compile(r"^(?:eval_.*\.json|detect_.*\.json|curves\.png|label_audit\.(?:csv|png))$")
 # atomic_write's temporaries ("last.pt.k2j3_x.tmp") and those of older versions ("last.pt.tmp").
 _TEMPORARY = re.compile(r"^(?:%s)\.(?:[A-Za-z0-9_]+\.)?tmp$" % "|".join(map(re.escape, RUN_FILES)))
 
@@ -204,9 +206,11 @@ class RunFolder:
         return removed
 
     def clear(self) -> List[str]:
-        """Delete the run files (``overwrite``): the new run must not inherit an old ``best.pt``."""
+        """Delete the run files (``overwrite``), and what fastadv's commands derived from them
+        (``eval_*.json``, ``detect_*.json``, ``curves.png``, ``label_audit.*``): the new run must
+        not inherit an old ``best.pt`` or sit beside the old run's results."""
         self._require_lock()
-        names = self.run_files()
+        names = self.run_files() + sorted(n for n in os.listdir(self.path) if _DERIVED.match(n))
         for n in names:
             os.remove(self.file(n))
         return names
