@@ -57,12 +57,12 @@ class LabelAudit:
         flipped = torch.as_tensor(flipped, dtype=torch.bool).cpu()
         if flipped.shape != self.kappa.shape:
             raise UserError(f"flipped must have shape {tuple(self.kappa.shape)}, got "
-                             f"{tuple(flipped.shape)}")
+                            f"{tuple(flipped.shape)}")
         n_flipped = int(flipped.sum())
         if fraction is None:
             if n_flipped == 0:
                 raise UserError("flipped: no example is marked; give fraction= to score the "
-                                 "suspects anyway")
+                                "suspects anyway")
             fraction = n_flipped / len(flipped)
         picked = self.suspects(fraction)
         hits = int(flipped[picked].sum())

@@ -555,8 +555,8 @@ def _check_eval_data(data, meta, dataset: str) -> None:
     if trained is not None and tuple(data.shape) != trained:
         fmt = lambda s: "×".join(map(str, s))  # noqa: E731
         raise UserError(f"dataset: {dataset} has {fmt(data.shape)} images but the model was trained "
-                         f"on {meta.get('dataset', '?')} ({fmt(trained)}); evaluate it on data of "
-                         f"that shape")
+                        f"on {meta.get('dataset', '?')} ({fmt(trained)}); evaluate it on data of "
+                        f"that shape")
     if meta.get("dataset") and meta["dataset"] != dataset:
         print(f"note: the model was trained on {meta['dataset']}, evaluated here on {dataset}")
 

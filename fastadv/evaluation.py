@@ -73,8 +73,8 @@ class Evaluation:
     def adversarial(self, model, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """The attack's x_adv (``fastadv detect``'s adversarial data)."""
         raise UserError(f"attack: {self.name} scores points over restarts and makes no single "
-                         f"adversarial example; use pgdK, fgsm, cwK, an AutoAttack name or an "
-                         f"attack object")
+                        f"adversarial example; use pgdK, fgsm, cwK, an AutoAttack name or an "
+                        f"attack object")
 
 
 class Natural(Evaluation):
@@ -208,8 +208,8 @@ def parse_attack(name) -> Evaluation:
     if m and int(m.group(2)) >= 1:
         return PGDEval(name, int(m.group(2)), "ce" if m.group(1) == "pgd" else "cw", lambda e: e / 4)
     raise UserError(f"attacks: unknown attack {name!r}; use natural, fgsm, pgdK (e.g. pgd20), "
-                     f"cwK (e.g. cw30), pgd+, autoattack (or aa-lite, aa-plus, aa-rand), "
-                     f"apgd-ce, apgd-dlr, apgd-t, fab, fab-t or square")
+                    f"cwK (e.g. cw30), pgd+, autoattack (or aa-lite, aa-plus, aa-rand), "
+                    f"apgd-ce, apgd-dlr, apgd-t, fab, fab-t or square")
 
 
 def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: int = 0,
@@ -236,7 +236,7 @@ def _batches(data, batch_size: int, device, max_samples: Optional[int], rank: in
         return
     if not isinstance(data, Iterable):
         raise UserTypeError(f"data must be an ImageDataset, a tuple (x, y) or an iterable of batches, "
-                        f"got {type(data).__name__}")
+                            f"got {type(data).__name__}")
     from .data.loader import unpack_batch
     seen = 0
     for i, batch in enumerate(data):

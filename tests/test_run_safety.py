@@ -78,9 +78,10 @@ def test_eval_never_reads_data_from_a_path_named_in_the_checkpoint(finished_run,
     empty = tmp_path / "my-data"
     empty.mkdir()
     monkeypatch.setenv("FASTADV_DATA", str(empty))
-    assert main(["eval", str(hostile), "--no-download"]) == 2
-    err = _one_line_error(capsys, "eval")
-    assert str(empty) in err and str(planted) not in err  # the user's data folder, not the planted one
+    for command in ("eval", "audit-labels", "detect"):  # every command that loads a run's data
+        assert main([command, str(hostile), "--no-download"]) == 2
+        err = _one_line_error(capsys, command)
+        assert str(empty) in err and str(planted) not in err  # the user's folder, not the planted
     # Even pointed at it by the user, with the checksums off, the pickle runs nothing.
     assert main(["eval", str(hostile), "--data-dir", str(planted), "--no-verify-data"]) == 2
     assert "refusing to load posix.system" in _one_line_error(capsys, "eval")
@@ -508,10 +509,11 @@ def test_inputs_outside_the_box_raise_in_training_and_evaluation(small):
         fastadv.evaluate(model, (x * 255, y), attacks=("pgd5",), eps=0.1, verbose=False)
 
 
-def test_a_half_model_with_float_inputs_names_both_dtypes(small):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_model_with_float_inputs_names_both_dtypes(small, dtype):
     model, x, y = small
-    half = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).to(torch.bfloat16)
-    msg = r"x is torch.float32 but the model's parameters are torch.bfloat16"
+    half = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).to(dtype)
+    msg = rf"x is torch.float32 but the model's parameters are {dtype}"
     with pytest.raises(TypeError, match=msg):
         attacks.PGD(half, eps=0.1, steps=2)(x, y)
     with pytest.raises(TypeError, match=msg):

@@ -86,7 +86,7 @@ class AutoAttack(EvalAttack):
             version = "custom"
         elif version not in VERSIONS:
             raise UserError(f"version must be one of {', '.join(VERSIONS)} (or 'custom' with "
-                             f"attacks=...), got {version!r}")
+                            f"attacks=...), got {version!r}")
         self.version = version
         self.attacks = attacks if attacks is not None else VERSIONS[version]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -123,7 +123,7 @@ class AutoAttack(EvalAttack):
     def run(self, x: Tensor, y: Tensor, targets: Optional[Tensor] = None) -> EvalResult:
         if targets is not None or self.target_mode != "default":
             raise UserError("AutoAttack is untargeted (APGD-T and FAB-T choose their own targets); "
-                             "use APGD, FAB or Square for a targeted attack")
+                            "use APGD, FAB or Square for a targeted attack")
         x, y = self._inputs(x, y, move=False)  # the points stay where they are; batches move
         n = x.shape[0]
         self._dev = model_device(self.model) or x.device  # where the model runs

@@ -91,8 +91,8 @@ def explain_dtype_errors(model, x: Tensor):
         if dtype is None or dtype == x.dtype or "type" not in str(e).lower():
             raise  # torch's messages: "same dtype", "Input type ... bias type", "scalar type"
         raise UserTypeError(f"x is {x.dtype} but the model's parameters are {dtype}: pass "
-                        f"x.to({dtype}), convert the model (model.to({x.dtype})), or run under "
-                        f"torch.autocast") from e
+                            f"x.to({dtype}), convert the model (model.to({x.dtype})), or run under "
+                            f"torch.autocast") from e
 
 
 @contextlib.contextmanager
@@ -262,7 +262,7 @@ class Attack(TorchattacksHabits):
         if dev is not None:  # torchattacks' habit: inputs go where the model is
             if dev.type == "meta":
                 raise UserError("model: its parameters are on the meta device (no data); load its "
-                                 "weights first")
+                                "weights first")
             if dev != x.device:
                 x = x.to(dev)
                 y = y.to(dev) if isinstance(y, Tensor) else y
@@ -378,7 +378,7 @@ def _labels(y, x: Tensor, name: str) -> Tensor:
     n = x.shape[0]
     if y.shape != (n,):
         raise UserError(f"{name} must have shape [{n}] (one label per sample of x), got "
-                         f"{tuple(y.shape)}")
+                        f"{tuple(y.shape)}")
     if y.device != x.device:
         raise UserError(f"{name} is on {y.device} but x is on {x.device}")
     return y.to(torch.int64)
@@ -388,7 +388,7 @@ def check_targeted_classes(logits: Tensor) -> None:
     """A targeted run needs a target other than the label: at least 2 classes."""
     if logits.shape[1] < 2:
         raise UserError(f"targets: a targeted attack needs a model with at least 2 classes, got "
-                         f"{logits.shape[1]}")
+                        f"{logits.shape[1]}")
 
 
 def resisted(logits: Tensor, y_check: Tensor, targets: Optional[Tensor]) -> Tensor:

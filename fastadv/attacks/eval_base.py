@@ -230,7 +230,7 @@ def ranked_targets(clean: Tensor, n_target_classes: int):
     c = clean.shape[1]
     if n_target_classes > c - 1:
         raise UserError(f"n_target_classes must be at most C - 1 = {c - 1} for a model with {c} "
-                         f"classes, got {n_target_classes}")
+                        f"classes, got {n_target_classes}")
     order = clean.sort(dim=1)[1]  # ascending: column −r is the class of rank r
     for rank in range(2, n_target_classes + 2):
         yield order[:, -rank]

@@ -24,7 +24,7 @@ class TorchattacksHabits:
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
         if mean.shape != std.shape or mean.numel() == 0:
             raise UserError(f"mean and std must have one value per channel, got {tuple(mean.shape)} "
-                             f"and {tuple(std.shape)}")
+                            f"and {tuple(std.shape)}")
         if not bool((std > 0).all()):
             raise UserError("std must be > 0")
         self._mean, self._std = mean, std

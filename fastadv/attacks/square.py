@@ -137,7 +137,7 @@ class Square(EvalAttack):
             raise UserError(f"Square needs images [N, C, H, W], got shape {tuple(x.shape)}")
         if self.norm == "l2" and min(x.shape[2:]) < 5:
             raise UserError(f"Square with norm='l2' needs images of at least 5x5 pixels, got "
-                             f"{tuple(x.shape[2:])}")
+                            f"{tuple(x.shape[2:])}")
         return super()._run(x, y, targets, clean, gen)
 
     def _margin_and_loss(self, x: Tensor, y: Tensor, tgt: Optional[Tensor], rows: Tensor):

@@ -22,15 +22,15 @@ class ImageDataset:
                  augment: Optional[dict] = None):
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             raise UserError(f"images must be a uint8 tensor [N, C, H, W], got "
-                             f"{getattr(images, 'dtype', type(images))} of shape "
-                             f"{tuple(getattr(images, 'shape', ()))}")
+                            f"{getattr(images, 'dtype', type(images))} of shape "
+                            f"{tuple(getattr(images, 'shape', ()))}")
         if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
             raise UserError(f"labels must be a tensor [N] with N = {images.shape[0]} (images), got "
-                             f"shape {tuple(getattr(labels, 'shape', ()))}")
+                            f"shape {tuple(getattr(labels, 'shape', ()))}")
         labels = labels.to(torch.int64)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
             raise UserError(f"labels must lie in [0, {num_classes - 1}] (num_classes={num_classes}), "
-                             f"got range [{int(labels.min())}, {int(labels.max())}]")
+                            f"got range [{int(labels.min())}, {int(labels.max())}]")
         self.images = images.contiguous()
         self.labels = labels.contiguous()
         self.num_classes = int(num_classes)

@@ -242,5 +242,5 @@ def load_dataset(name: str, data_dir: Optional[str] = None, split: str = "train"
     ds = info.load(data_dir, split, download, verify)
     if ds.shape != info.shape:
         raise UserError(f"{name} ({split}) in {data_dir}: expected images of shape {info.shape}, "
-                         f"got {ds.shape}")
+                        f"got {ds.shape}")
     return ds

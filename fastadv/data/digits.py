@@ -40,7 +40,7 @@ def load_digits(split: str = "train") -> ImageDataset:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("the 'digits' dataset needs scikit-learn: pip install scikit-learn "
-                          "(or pip install fastadv[digits])") from e
+                                     "(or pip install fastadv[digits])") from e
     raw = _sk_load_digits()
     values = torch.as_tensor(raw.images, dtype=torch.float64)  # [1797, 8, 8], 0..16
     images = torch.round(values * (255.0 / 16.0)).to(torch.uint8).unsqueeze(1)

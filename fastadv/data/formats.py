@@ -46,7 +46,7 @@ def read_idx(path: str) -> np.ndarray:
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != expected:
         raise UserError(f"{path}: idx header says shape {dims} ({expected} bytes of data) but the "
-                         f"file holds {len(raw) - header} bytes (truncated or corrupt?)")
+                        f"file holds {len(raw) - header} bytes (truncated or corrupt?)")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
@@ -56,7 +56,7 @@ def read_idx_images_labels(images_path: str, labels_path: str):
     y = read_idx(labels_path)
     if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise UserError(f"{images_path} / {labels_path}: expected images [N, H, W] and labels [N], "
-                         f"got {x.shape} and {y.shape}")
+                        f"got {x.shape} and {y.shape}")
     return (torch.from_numpy(np.array(x, dtype=np.uint8)).unsqueeze(1),  # a writable copy
             torch.from_numpy(y.astype(np.int64)))
 
@@ -136,7 +136,7 @@ def read_cifar_batch(path: str, label_key: str = "labels"):
     key = label_key.encode()
     if b"data" not in d or key not in d:
         raise UserError(f"{path}: not a CIFAR python batch with b'data' and b'{label_key}' "
-                         f"(keys: {sorted(d)})")
+                        f"(keys: {sorted(d)})")
     data = np.asarray(d[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
         raise UserError(f"{path}: b'data' must be uint8 [N, 3072], got {data.shape}")

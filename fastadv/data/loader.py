@@ -85,7 +85,7 @@ def _resolve_augment(augment, default) -> Optional[dict]:
     if isinstance(augment, str):
         if augment not in _NAMED_AUGMENT:
             raise UserError(f"augment: unknown {augment!r}; use None, True, "
-                             f"{', '.join(map(repr, _NAMED_AUGMENT))} or a dict(padding=, flip=)")
+                            f"{', '.join(map(repr, _NAMED_AUGMENT))} or a dict(padding=, flip=)")
         return dict(_NAMED_AUGMENT[augment])
     if isinstance(augment, dict):
         extra = set(augment) - {"padding", "flip"}
@@ -107,13 +107,13 @@ def unpack_batch(batch):
         y = next((batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch), None)
         if x is None or y is None:
             raise UserTypeError(f"batch: a dict needs the images under 'x' (or image(s), "
-                            f"input(s)) and the labels under 'y' (or label(s), target(s)); got "
-                            f"keys {sorted(batch)}")
+                                f"input(s)) and the labels under 'y' (or label(s), target(s)); got "
+                                f"keys {sorted(batch)}")
         return x, y
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise UserTypeError(f"batch: must be (x, y), (x, y, ...) or a dict with 'x' and 'y', got "
-                    f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}")
+                        f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}")
 
 
 class BatchLoader:
@@ -135,15 +135,15 @@ class BatchLoader:
             (images, labels), default_aug = data, _NAMED_AUGMENT["crop-flip"]
         else:
             raise UserTypeError(f"data must be an ImageDataset or a tuple (images, labels), "
-                            f"got {type(data).__name__}")
+                                f"got {type(data).__name__}")
         if not isinstance(images, Tensor) or images.dim() != 4:
             raise UserError(f"data: images must be a tensor [N, C, H, W], got shape "
-                             f"{tuple(getattr(images, 'shape', ()))}")
+                            f"{tuple(getattr(images, 'shape', ()))}")
         if not (images.dtype == torch.uint8 or images.is_floating_point()):
             raise UserTypeError(f"data: images must be uint8 or floating, got {images.dtype}")
         if not isinstance(labels, Tensor) or labels.shape != (images.shape[0],):
             raise UserError(f"data: labels must be a tensor [{images.shape[0]}], got shape "
-                             f"{tuple(getattr(labels, 'shape', ()))}")
+                            f"{tuple(getattr(labels, 'shape', ()))}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
         if not dtype.is_floating_point:

@@ -143,11 +143,11 @@ def _paired(name_a: str, a, name_b: str, b) -> Tuple[Tensor, Tensor]:
     for name, t in ((name_a, a), (name_b, b)):
         if not isinstance(t, Tensor) or not t.is_floating_point():
             raise UserTypeError(f"{name} must be a floating-point tensor, got "
-                            f"{type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
+                                f"{type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
         if t.dim() < 2 or t.shape[0] < 2:
             raise UserError(f"{name} must hold at least 2 samples along dim 0, got shape "
-                             f"{tuple(t.shape)}")
+                            f"{tuple(t.shape)}")
     if a.shape != b.shape:
         raise UserError(f"{name_a} and {name_b} must have the same shape (the tests pair the two "
-                         f"samples' rows), got {tuple(a.shape)} and {tuple(b.shape)}")
+                        f"samples' rows), got {tuple(a.shape)} and {tuple(b.shape)}")
     return a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()

@@ -32,7 +32,7 @@ def penultimate_features(model: nn.Module, x: Tensor, batch_size: int = 256) -> 
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not last:
         raise UserError("model: has no nn.Linear layer whose input could serve as its "
-                         "penultimate features; pass features=<callable> instead")
+                        "penultimate features; pass features=<callable> instead")
     grabbed: List[Tensor] = []
     hook = last[-1].register_forward_pre_hook(lambda mod, inp: grabbed.append(inp[0].detach()))
     modes = [m.training for m in model.modules()]
@@ -49,8 +49,8 @@ def penultimate_features(model: nn.Module, x: Tensor, batch_size: int = 256) -> 
         x.new_zeros(0, last[-1].in_features)
     if feats.shape[0] != x.shape[0]:  # e.g. a compiled model whose graph skips Python hooks
         raise UserError(f"model: its last nn.Linear saw {feats.shape[0]} rows for {x.shape[0]} "
-                         f"inputs, so its input is not the penultimate features; pass the "
-                         f"uncompiled model or features=<callable>")
+                        f"inputs, so its input is not the penultimate features; pass the "
+                        f"uncompiled model or features=<callable>")
     return feats
 
 
@@ -75,7 +75,7 @@ class SAMMD:
                  ar_length: float = 0.2, batch_size: int = 256, seed: int = 0):
         if (model is None) == (features is None):
             raise UserError("model/features: pass the classifier (its penultimate features are "
-                             "used) or a features callable, one of the two")
+                            "used) or a features callable, one of the two")
         for name, v in (("steps", steps), ("draws", draws), ("batch_size", batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "steps" else 1):
                 raise UserError(f"{name} must be an int >= {0 if name == 'steps' else 1}, got {v!r}")

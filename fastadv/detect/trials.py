@@ -36,17 +36,17 @@ def detection_trials(detectors: Mapping[str, Callable[[], object]], natural: Ten
     need = 4 * n if type_i else 2 * n
     if natural.shape[0] < need:
         raise UserError(f"natural: {natural.shape[0]} images, the protocol needs {need} "
-                         f"({'4' if type_i else '2'}n with n = {n}); lower n")
+                        f"({'4' if type_i else '2'}n with n = {n}); lower n")
     if adversarial.shape[0] < 2 * n:
         raise UserError(f"adversarial: {adversarial.shape[0]} images, the protocol needs 2n = "
-                         f"{2 * n}; lower n")
+                        f"{2 * n}; lower n")
     for name, x in (("natural", natural), ("adversarial", adversarial)):
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise UserTypeError(f"{name} must be a floating-point tensor of images (uint8: divide by "
-                            f"255), got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+                                f"255), got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
     if natural.shape[1:] != adversarial.shape[1:]:
         raise UserError(f"natural and adversarial images differ in shape: "
-                         f"{tuple(natural.shape[1:])} vs {tuple(adversarial.shape[1:])}")
+                        f"{tuple(natural.shape[1:])} vs {tuple(adversarial.shape[1:])}")
     spatial = natural[0, 0].numel() if natural.dim() > 2 else natural[0].numel()
     flat = lambda x: x.reshape(x.shape[0], -1).double().cpu()  # noqa: E731
     inputs = {"nat": flat(natural), "adv": flat(adversarial)}

@@ -82,7 +82,7 @@ class Normalized(nn.Module):
         std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         if mean_t.numel() != std_t.numel():
             raise UserError(f"normalize: mean and std differ in length ({mean_t.numel()} vs "
-                             f"{std_t.numel()})")
+                            f"{std_t.numel()})")
         if not bool((std_t > 0).all()):
             raise UserError(f"normalize: std must be > 0, got {list(std)}")
         self.model = model

@@ -39,7 +39,7 @@ def forward_heads(model, x: Tensor, labels: Optional[Tensor] = None) -> List[Ten
     out = model(x, labels=labels, heads=True)
     if not isinstance(out, (tuple, list)) or not out:
         raise UserError(f"model: a multi-head model must return a tuple of logits with "
-                         f"heads=True, got {type(out).__name__}")
+                        f"heads=True, got {type(out).__name__}")
     return list(out)
 
 
@@ -50,7 +50,7 @@ def weighted_heads(weights: Optional[Sequence[float]], losses: Sequence[Tensor])
         return loss
     if len(weights) != len(losses):
         raise UserError(f"model: declares {len(weights)} head weights but returned "
-                         f"{len(losses)} heads")
+                        f"{len(losses)} heads")
     total = losses[0] * weights[0]
     for w, loss in zip(weights[1:], losses[1:]):
         total = total + loss * w

@@ -39,7 +39,7 @@ def own_optimizers(model) -> List[OwnOptimizer]:
     for g in groups:
         if not isinstance(g, OwnOptimizer):
             raise UserTypeError(f"model.own_optimizers() must return OwnOptimizer objects, got "
-                            f"{type(g).__name__}")
+                                f"{type(g).__name__}")
     return groups
 
 

@@ -64,7 +64,7 @@ class WideResNet(nn.Module):
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or ((depth - 4) % 6 and (depth - 2) % 6):
             raise UserError(f"depth must be 6n + 4 (e.g. 16, 28, 34) or 6n + 2 (Madry/FAT, e.g. 32) "
-                             f"with n >= 1, got {depth!r}")
+                            f"with n >= 1, got {depth!r}")
         if widen_factor < 1:
             raise UserError(f"widen_factor must be >= 1, got {widen_factor}")
         ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]

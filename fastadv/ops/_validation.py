@@ -73,7 +73,7 @@ def per_sample(name: str, v, n: int, device: torch.device, dtype: torch.dtype = 
         v = check_number(name, v)
         if v > torch.finfo(dtype).max:  # it would become inf in the kernels' compute dtype
             raise UserError(f"{name} = {v:g} does not fit {dtype} (at most "
-                             f"{torch.finfo(dtype).max:g}), the dtype the attack computes in")
+                            f"{torch.finfo(dtype).max:g}), the dtype the attack computes in")
         return torch.full((n,), v, dtype=dtype, device=device)
     if not check and v.dtype == dtype and v.shape == (n,) and v.device == device and v.is_contiguous():
         return v  # already what the kernels take (the common case: nothing to convert)
@@ -193,7 +193,7 @@ def check_plan(src: Tensor, dest, n_active, index, leavers, *, index_required: b
     check_index_vector("index", index, m, src.device)
     if leavers.dim() != src.dim() or leavers.shape[1:] != src.shape[1:]:
         raise UserError(f"leavers must have shape [*, {', '.join(map(str, src.shape[1:]))}], "
-                         f"got {tuple(leavers.shape)}")
+                        f"got {tuple(leavers.shape)}")
     if leavers.device != src.device or leavers.dtype != src.dtype:
         raise UserError(f"leavers is {leavers.dtype} on {leavers.device} but the rows are {src.dtype} on {src.device}")
     return n_active

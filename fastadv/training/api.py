@@ -223,7 +223,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     main = rank == 0
     if world > 1 and cfg.batch_size % world:
         raise UserError(f"batch_size: {cfg.batch_size} is the global batch and must be a "
-                         f"multiple of the {world} processes (each trains on batch_size / {world})")
+                        f"multiple of the {world} processes (each trains on batch_size / {world})")
 
     # Data next: a missing dataset fails before anything else is built. Distributed: rank 0
     # loads (downloads) first, the others wait and then read the files it wrote.

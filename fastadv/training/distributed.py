@@ -102,7 +102,7 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
             raise UserError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun "
-                             f"(torchrun --nproc_per_node=N -m fastadv train ...)")
+                            f"(torchrun --nproc_per_node=N -m fastadv train ...)")
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     kwargs = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
     if backend == "nccl" and dev.type == "cuda":

@@ -304,7 +304,7 @@ class Method:
             raise UserTypeError(f"label_noise must be a LabelNoise or None, got {self.label_noise!r}")
         if self.attack is None and self.objective.needs_attack:
             raise UserError(f"objective: {self.objective!r} trains on an attack's result; give "
-                             f"the method an attack")
+                            f"the method an attack")
 
     @property
     def needs_validation(self) -> bool:

@@ -75,8 +75,8 @@ def _build_own_optimizers(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     for g in groups:
         if any(id(p) in stepped for p in g.params):
             raise UserError(f"optimizer: also updates {g.name}, which the model trains with an "
-                             f"optimizer of its own; build it from "
-                             f"fastadv.models.weight_parameters(model)")
+                            f"optimizer of its own; build it from "
+                            f"fastadv.models.weight_parameters(model)")
     return {g.name: g.build(list(g.params)) for g in groups}
 
 
@@ -181,7 +181,7 @@ class Trainer:
             distributed = ddp is not None or dist_utils.is_distributed()
         if distributed and not dist_utils.is_distributed():
             raise UserError("distributed=True needs an initialised process group with more than "
-                             "one rank (launch with torchrun; see fastadv.training.distributed)")
+                            "one rank (launch with torchrun; see fastadv.training.distributed)")
         self.distributed = bool(distributed)
         self.rank = dist_utils.get_rank() if self.distributed else 0
         self.world_size = dist_utils.get_world_size() if self.distributed else 1
@@ -197,7 +197,7 @@ class Trainer:
                 if sync_bn:
                     if self.device.type != "cuda":
                         raise UserError("sync_bn: SyncBatchNorm needs CUDA (NCCL); on the CPU the "
-                                         "ranks keep per-rank BatchNorm")
+                                        "ranks keep per-rank BatchNorm")
                     # Same Parameter objects: an optimizer built on the model stays valid.
                     self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
                 # No buffer broadcast in the forward: per-rank BatchNorm statistics; the running
@@ -309,12 +309,12 @@ class Trainer:
         the weights stay finite; x outside [0, 1] raises, naming its range."""
         if not isinstance(x, Tensor) or not isinstance(y, Tensor):
             raise UserTypeError(f"train_step takes tensors x and y, got {type(x).__name__} and "
-                            f"{type(y).__name__}")
+                                f"{type(y).__name__}")
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if not x.is_floating_point():
             raise UserTypeError(f"x must be floating point in [0, 1], got {x.dtype} (uint8 images: "
-                            f"divide by 255)")
+                                f"divide by 255)")
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         n = x.shape[0]
@@ -353,7 +353,7 @@ class Trainer:
         if bad_x and bad_x[0]:
             mine = bool(outside_box(x, 0.0, 1.0))  # the error path only: a host read is fine
             raise UserError(input_range_message(x, 0.0, 1.0) if mine else
-                             "x lies outside [0, 1] on another rank")
+                            "x lies outside [0, 1] on another rank")
         if bad_loss:
             value = float(loss.detach())
             what = f"is {value:g}" if not math.isfinite(value) else "is not finite on another rank"
@@ -679,7 +679,7 @@ class Trainer:
         lengths = dist_utils.all_gather_objects(int(length))
         if len(set(lengths)) != 1:
             raise UserError(f"loader: the ranks have different numbers of batches {lengths}; "
-                             f"DDP needs the same number on every rank (ShardedBatchLoader pads)")
+                            f"DDP needs the same number on every rank (ShardedBatchLoader pads)")
 
     def state_dict(self) -> Dict[str, Any]:
         """The checkpoint dict (distributed: a collective; rank 0 gets it, the others None)."""
