@@ -239,7 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     on_data = argparse.ArgumentParser(add_help=False)
     d = on_data.add_argument
     d("--dataset", type=str.lower, default=None,
-      help="default: the checkpoint's dataset (another one must have the same image shape)")
+      help=f"{', '.join(_datasets())} (default: the checkpoint's dataset; another one must have "
+           f"the same image shape)")
     d("--data-dir", default=None,
       help="default: $FASTADV_DATA or ~/.cache/fastadv (never a path from the checkpoint)")
     d("--download", action=argparse.BooleanOptionalAction, default=True,

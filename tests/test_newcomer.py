@@ -140,6 +140,12 @@ def test_train_help_lists_datasets_models_and_their_defaults():
     assert row.split()[1:4] == ["small_cnn", "0.2", "0.05"]
 
 
+@pytest.mark.parametrize("command", ["eval", "audit-labels", "detect"])
+def test_commands_on_a_checkpoint_list_the_datasets(command):
+    action = next(a for a in _subparsers()[command]._actions if "--dataset" in a.option_strings)
+    assert all(name in action.help for name in ("cifar10", "mnist", "digits", "svhn"))
+
+
 # ============================================================================ errors and refusals
 @pytest.mark.parametrize("argv,needle", [
     (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/d", "--no-download"], "--data-dir"),
