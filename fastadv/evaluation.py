@@ -63,6 +63,7 @@ class Evaluation:
     calls ``robust`` once on all its samples (held on the device) instead of batch by batch."""
     name = ""
     whole_set = False
+    linf_eps = True  # attacks an L-inf ball of radius eps on [0, 1] images (so eps <= 1)
 
     def robust(self, model, x: Tensor, y: Tensor, eps: float, any_iterate: bool) -> Tensor:
         raise NotImplementedError
@@ -79,6 +80,7 @@ class Evaluation:
 
 class Natural(Evaluation):
     name = "natural"
+    linf_eps = False
 
     def robust(self, model, x, y, eps, any_iterate):
         return _predict(model, x) == y
@@ -169,6 +171,7 @@ class AutoAttackEval(Evaluation):
 
 class CallableEval(Evaluation):
     """Any attack object: ``atk(x, y)`` → x_adv, robust where the model still classifies it."""
+    linf_eps = False  # the object has its own eps and norm
 
     def __init__(self, attack):
         self.attack, self.name = attack, type(attack).__name__
@@ -321,8 +324,11 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
         specs[key] = spec
     if not specs:
         raise UserError("attacks: give at least one attack")
-    from .training.checks import check_linf_size  # L-inf sizes on [0, 1] images: at most 1
-    check_linf_size("eps", eps)
+    from .training.checks import check_linf_size, check_number
+    if any(spec.linf_eps for spec in specs.values()):
+        check_linf_size("eps", eps)  # an L-inf radius on [0, 1] images: at most 1
+    else:
+        check_number("eps", eps, minimum=0)  # unused by natural and attack objects
     for opt, value, kind in (("alpha", alpha, PGDEval), ("pgd_plus_alpha", pgd_plus_alpha, PGDPlus)):
         if value is None:
             continue

@@ -190,6 +190,18 @@ def test_the_other_commands_refuse_alike(command, argv, needle, digits_run, caps
     assert needle in err and "name:" not in err
 
 
+def test_evaluate_checks_eps_only_for_its_own_linf_attacks():
+    """eps > 1 is a slip for /255 where evaluate's named L-inf attacks use it; natural and attack
+    objects (an L2 attack with eps 2, say) do not use it."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    with pytest.raises(ValueError, match="eps: 2 is larger than the whole"):
+        fastadv.evaluate(model, (x, y), attacks=("natural", "pgd3"), eps=2, verbose=False)
+    l2 = fastadv.attacks.PGD(model, norm="l2", eps=2.0, alpha=0.5, steps=2)
+    res = fastadv.evaluate(model, (x, y), attacks=("natural", l2), eps=2.0, verbose=False)
+    assert set(res["accuracy"]) == {"natural", "PGD"}
+
+
 def test_bad_augment_names_the_cli_values(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--augment", "padding=4"])

@@ -114,6 +114,8 @@ def test_overwrite_replaces_the_whole_run(tmp_path, capsys):
     assert main(["train", "--method", "fat", "--dataset", "mnist", "--data-dir",
                  str(tmp_path / "nowhere"), "--no-download", "--out-dir", str(run),
                  "--overwrite"]) == 2
+    # ... nor one refused by the trainer's own checks (sync_bn needs a distributed CUDA run).
+    assert _train(run, "--overwrite", "--sync-bn") == 2
     capsys.readouterr()
     assert _digest(run / "best.pt") == before and (run / "eval_best.json").exists()
     # The new run evaluates never, so it writes no best.pt: the old one must not survive beside it.
@@ -169,6 +171,16 @@ def test_trainer_fit_refuses_a_third_folder_after_loading_a_run(finished_run, tm
     assert torch.load(mine / "last.pt", weights_only=True)["epoch"] == 3
     trainer.fit([(x, y)], None, 4, out_dir=str(mine))  # and again after its own fit
     trainer.fit([(x, y)], None, 5, out_dir=str(tmp_path / "fresh"))  # an empty folder is fine
+    # Loading another run as a dict (no path) forgets the folder it continued: fit into "mine"
+    # would put that run's continuation over mine.
+    before = _digest(mine / "last.pt")
+    trainer.load_checkpoint(torch.load(other / "last.pt", weights_only=True))
+    with pytest.raises(RunFolderError, match="a loaded dict: pass source="):
+        trainer.fit([(x, y)], None, 3, out_dir=str(mine))
+    assert _digest(mine / "last.pt") == before
+    trainer.load_checkpoint(torch.load(other / "last.pt", weights_only=True),
+                            source=str(other / "last.pt"))
+    trainer.fit([(x, y)], None, 3, out_dir=str(other))  # named with source=: it continues
 
 
 def test_trainer_fit_checks_free_space_before_training(tmp_path, monkeypatch):
@@ -372,6 +384,19 @@ def test_thread_count_is_stored_and_a_resume_says_when_it_differs(tmp_path, caps
     assert torch.load(run / "last.pt", weights_only=True)["runtime"]["threads"] == 2
 
 
+def test_another_gpu_index_of_the_same_kind_is_not_a_difference(monkeypatch):
+    """Rank r of a distributed resume runs on cuda:r; the checkpoint says cuda:0 (rank 0's)."""
+    now = {"threads": 4, "device": "cuda:1", "device_name": "NVIDIA H200", "torch": "2.11.0"}
+    monkeypatch.setattr(ckpt_mod, "runtime_info", lambda device=None: dict(now))
+    state = {"runtime": dict(now, device="cuda:0")}
+    assert ckpt_mod.runtime_notes(state) == []
+    state = {"runtime": dict(now, device="cpu", device_name=None)}
+    assert [n.split(" and ")[0] for n in ckpt_mod.runtime_notes(state)] == [
+        "the checkpoint was written on device cpu"]
+    state = {"runtime": dict(now, device_name="NVIDIA A100", threads=2)}
+    assert len(ckpt_mod.runtime_notes(state)) == 2
+
+
 def test_a_quiet_resume_on_other_threads_still_warns(tmp_path, capsys):
     """--no-verbose (or verbose=False, or a Trainer of one's own) must not make the note silent."""
     run = tmp_path / "run"
@@ -438,6 +463,27 @@ def test_bugs_keep_their_traceback(monkeypatch, tmp_path, error):
     monkeypatch.setattr("fastadv.training.api._train", bug)
     with pytest.raises(type(error)):
         main(["train", *TINY, "--epochs", "1", "--out-dir", str(tmp_path / "x")])
+
+
+def test_damaged_user_files_are_one_line_errors(finished_run, tmp_path, capsys):
+    """Files the user hands over, damaged: one line naming the file, never a traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.json").write_text('[{"epoch": 1, "test_pgd2')  # copied half-way
+    assert main(["plot", str(run)]) == 2
+    assert "history.json is not a readable history" in _one_line_error(capsys, "plot")
+    assert main(["compare", str(finished_run), str(run)]) == 2
+    assert "history.json is not a readable history" in _one_line_error(capsys, "compare")
+    bad = tmp_path / "extra.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert _train(tmp_path / "gair", "--extra-data", str(bad), method="gair-rst") == 2
+    assert "extra.npz cannot be read as a .npz file" in _one_line_error(capsys)
+    from fastadv.data import formats
+    gz = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    import gzip
+    gz.write_bytes(gzip.compress(b"\0\0\x08\x01" + bytes(100))[:-6])  # truncated
+    with pytest.raises(UserError, match="a damaged gzip file"):
+        formats.read_idx(str(gz))
 
 
 def test_the_rule_between_user_errors_and_bugs():

@@ -29,16 +29,23 @@ def _fail(msg: str):
 
 def _read(path: str) -> dict:
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    if ext == ".pt":
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    elif ext in (".pickle", ".pkl"):
-        from .formats import safe_pickle_load
-        d = safe_pickle_load(path)
-    else:
+    if ext not in (".npz", ".pt", ".pickle", ".pkl"):
         _fail(f"{path}: unknown file type {ext!r}; use .npz, .pt or .pickle")
+    try:
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        if ext == ".pt":
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            from .formats import safe_pickle_load
+            d = safe_pickle_load(path)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: the user's, in one line
+        _fail(f"{path} cannot be read as a {ext} file of arrays ({type(e).__name__}: "
+              f"{str(e).splitlines()[0] if str(e) else e!r}); write images and labels with "
+              f"numpy.savez or torch.save")
     if not isinstance(d, dict):
         _fail(f"{path} holds a {type(d).__name__}, not a dict of images and labels")
     return d

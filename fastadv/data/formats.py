@@ -16,6 +16,7 @@ import codecs
 import gzip
 import io
 import pickle
+import zlib
 
 import numpy as np
 import torch
@@ -30,8 +31,12 @@ def _read_maybe_gzip(path: str) -> bytes:
     with open(path, "rb") as f:
         head = f.read(2)
     opener = gzip.open if head == _GZIP_MAGIC else open  # decide by content, not by file name
-    with opener(path, "rb") as f:
-        return f.read()
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # truncated or damaged: the user's file
+        raise DataIntegrityError(f"{path}: a damaged gzip file ({e}); delete it and download it "
+                                 f"again") from e
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -160,7 +165,14 @@ def read_svhn_mat(path: str):
         from scipy.io import loadmat
     except ImportError as e:
         raise MissingDependencyError(f"reading SVHN ({path}) needs SciPy: pip install scipy") from e
-    m = loadmat(path)
+    try:
+        m = loadmat(path)
+    except Exception as e:  # noqa: BLE001 - scipy's errors for a damaged or foreign .mat file
+        raise DataIntegrityError(f"{path}: not a readable SVHN .mat file ({type(e).__name__}: "
+                                 f"{e}); delete it and download it again") from e
+    if "X" not in m or "y" not in m:
+        raise DataIntegrityError(f"{path}: an SVHN .mat file holds X and y, this one "
+                                 f"{', '.join(k for k in m if not k.startswith('__'))}")
     x = np.asarray(m["X"], dtype=np.uint8)  # [32, 32, 3, N]
     y = np.asarray(m["y"], dtype=np.int64).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:

@@ -257,8 +257,6 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                                 weight_decay=cfg.weight_decay)
     if folder is not None:
         _on_main(lambda: folder.check_free_space(model, optimizer), distributed, main)
-        if cfg.overwrite:  # only now: a typo in --data-dir must not cost the old run
-            _on_main(folder.clear, distributed, main)
     loader_type = dist_utils.ShardedBatchLoader if distributed else BatchLoader
     batch = cfg.batch_size // world  # this process's share of the global batch
     common = dict(shuffle=True, augment=cfg.augment, device=device, channels_last=cfg.channels_last)
@@ -305,7 +303,7 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
     if state is not None:
         # Verbose, the differences that cost bit-exactness are printed with the other resume
         # notes; quiet, load_checkpoint warns (they are never silent).
-        trainer.load_checkpoint(state, source=last, warn_not_exact=not logger.verbose)
+        trainer.load_checkpoint(state, source=last, warn_not_exact=main and not logger.verbose)
         logger.print(f"resumed from {last} after epoch {trainer.epoch}")
         for note in _resume_notes(state, cfg) + trainer.not_exact_notes:
             logger.print(f"resume: {note}")
@@ -315,6 +313,10 @@ def _run(cfg: TrainConfig, folder: Optional[RunFolder], state: Optional[Dict[str
                  + (f" | {len(val_ds)} training images held out for validation" if val_ds else "")
                  + (f" | + {len(extra_ds)} extra images ({cfg.extra_fraction:g} of each batch, "
                     f"{cfg.extra_data})" if extra_ds is not None else ""))
+    if folder is not None and cfg.overwrite:
+        # Only now, with data, model, loader and trainer built and checked: an --overwrite that
+        # fails on a typo must not cost the old run.
+        _on_main(folder.clear, distributed, main)
     if trainer.history:
         logger.write(trainer.history)  # the files match the checkpoint, whatever was there
     trainer.fit(loader, test_data, cfg.epochs, eval_every=cfg.eval_every,

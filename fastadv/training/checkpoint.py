@@ -128,7 +128,11 @@ def runtime_notes(state: Dict[str, Any], device=None) -> List[str]:
                      f"process uses {now['threads']}: the rest of the run is deterministic, but "
                      f"not bit-identical to an uninterrupted run (threads={was['threads']} / "
                      f"--threads {was['threads']} matches it)")
-    for key, what in (("device", "device"), ("device_name", "GPU"), ("torch", "torch version")):
+    kind = lambda d: torch.device(d).type if d else d  # noqa: E731 - cuda:0 and cuda:1 alike
+    if was.get("device") is not None and kind(was["device"]) != kind(now["device"]):
+        notes.append(f"the checkpoint was written on device {was['device']} and this process runs "
+                     f"on {now['device']}: not bit-identical to an uninterrupted run")
+    for key, what in (("device_name", "GPU"), ("torch", "torch version")):
         if was.get(key) is not None and was[key] != now[key]:
             notes.append(f"the checkpoint was written on {what} {was[key]} and this process runs "
                          f"on {now[key]}: not bit-identical to an uninterrupted run")

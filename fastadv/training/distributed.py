@@ -86,7 +86,11 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
     the CPU. With ``WORLD_SIZE`` unset or 1, or a process group already initialised, nothing is
     initialised (``initialised_here`` is False)."""
     world = env_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise UserError(f"LOCAL_RANK must be an int (torchrun sets it), got "
+                        f"{os.environ['LOCAL_RANK']!r}") from None
     if device is None:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any, Dict, Iterable, List, Optional
 
+from ..errors import UserError
 from .run_folder import atomic_write
 
 # (key, header, width, format): the columns printed per epoch; every key goes to CSV/JSON.
@@ -124,5 +125,13 @@ def read_history(run_dir: str) -> List[Dict[str, Any]]:
     path = os.path.join(run_dir, "history.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"run_dir: no history.json in {run_dir!r} (is it a fastadv run folder?)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            history = json.load(f)
+    except ValueError as e:  # truncated, empty or not JSON: the user's file, not a bug
+        raise UserError(f"run_dir: {path} is not a readable history ({e}); was the run's folder "
+                        f"copied half-way?") from e
+    if not isinstance(history, list):
+        raise UserError(f"run_dir: {path} holds a {type(history).__name__}, not a fastadv history "
+                        f"(a list of epochs)")
+    return history

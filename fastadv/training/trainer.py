@@ -541,9 +541,9 @@ class Trainer:
         ``eval_every`` epochs and after the last one. With ``out_dir`` (a path or a
         :class:`~fastadv.training.run_folder.RunFolder`), writes ``last.pt`` every epoch and
         ``best.pt`` whenever PGD-20 accuracy improves (atomically), plus the CSV/JSON history; the
-        folder is locked while ``fit`` runs, and one that holds another run is refused when this
-        trainer starts from scratch (continue it with :meth:`load_checkpoint` first, or pass
-        ``overwrite=True``). ``val_data``: data held out from training whose robust accuracy is
+        folder is locked while ``fit`` runs, and one that holds a run is refused unless this
+        trainer continues that run (loaded by :meth:`load_checkpoint` from that folder, or fitted
+        into it before) or ``overwrite=True``. ``val_data``: data held out from training whose robust accuracy is
         measured after every epoch (``val_robust_acc``, :meth:`validate`: PGD-K with the
         training ε and α; CAT: PGD-k with α = 2ε/k); NoiLIn's rate and CAT's curriculum follow
         it. Returns the history (one dict per epoch)."""
@@ -585,8 +585,8 @@ class Trainer:
             raise RunFolderError(
                 f"out_dir: {folder.path} holds a run ({', '.join(files)}) that this trainer does "
                 f"not continue; continue it with trainer.load_checkpoint("
-                f"{folder.file('last.pt')!r}) before fit, pass overwrite=True to replace it, or "
-                f"choose another out_dir")
+                f"{folder.file('last.pt')!r}) before fit (a loaded dict: pass source= its path), "
+                f"pass overwrite=True to replace it, or choose another out_dir")
         self._run_dir = os.path.realpath(folder.path)
         folder.check_free_space(self.model, self.optimizer)
 
@@ -732,8 +732,10 @@ class Trainer:
         if restore_rng:
             self._restore_rng(state)
         self.set_epoch(self.epoch)
-        if source is not None and os.path.isfile(source):
-            self._run_dir = os.path.realpath(os.path.dirname(source) or ".")
+        # The run this trainer now continues: the checkpoint's folder (None for a dict without
+        # its file's path, so fit then refuses any folder that holds a run).
+        self._run_dir = (os.path.realpath(os.path.dirname(source) or ".")
+                         if source is not None and os.path.isfile(source) else None)
         self.not_exact_notes = runtime_notes(state, self.device)
         if warn_not_exact:
             for note in self.not_exact_notes:
