@@ -512,6 +512,13 @@ def test_booleans_are_type_checked(option, value):
         fastadv.train("fat", dataset="digits", out_dir=False, **{option: value})
 
 
+@pytest.mark.parametrize("option", ["progress", "distributed"])
+def test_trainer_tristate_flags_are_type_checked(option):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(TypeError, match=f"{option} must be True, False or None .* got 'no'"):
+        fastadv.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), "at", **{option: "no"})
+
+
 def test_pointless_option_combinations_are_refused():
     with pytest.raises(ValueError, match="gair_start: 30 is not before the end of the 20 epochs"):
         fastadv.train("gairat", dataset="digits", epochs=20, gair_start=30, out_dir=False)

@@ -150,8 +150,9 @@ class Trainer:
         for name, v in (("channels_last", channels_last), ("compile", compile), ("sync_bn", sync_bn),
                         ("train_nat_acc", train_nat_acc)):
             check_bool(name, v)
-        if distributed is not None and not isinstance(distributed, bool):
-            raise UserTypeError(f"distributed must be True, False or None (automatic), got {distributed!r}")
+        for name, v in (("distributed", distributed), ("progress", progress)):
+            if v is not None and not isinstance(v, bool):
+                raise UserTypeError(f"{name} must be True, False or None (automatic), got {v!r}")
         _check_optimizer_fits(optimizer, model)
         # Parameters the model trains with an optimizer of its own (DS-Net's α): stepped after the
         # same backward as the main optimizer, saved in checkpoints beside it.
