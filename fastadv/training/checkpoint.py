@@ -81,12 +81,15 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint: {path} cannot be read ({type(e).__name__}: "
                               f"{reason[:160]}); it is truncated, damaged or not a fastadv "
-                              f"checkpoint") from e
+                              f"checkpoint; pass a run's best.pt or last.pt written by fastadv "
+                              f"train") from e
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or \
             not str(state.get("format", "")).startswith("fastadv-checkpoint") or \
             not isinstance(state.get("epoch"), int):
         raise CheckpointError(f"checkpoint: {path} is not a fastadv checkpoint (written by fastadv "
-                              f"train, with 'format', 'model' and 'epoch' entries)")
+                              f"train, with 'format', 'model' and 'epoch' entries); pass a run's "
+                              f"best.pt or last.pt (official FAT/GAIRAT weights: "
+                              f"fastadv.models.load_official_state_dict)")
     return state
 
 
