@@ -165,7 +165,7 @@ def _claim(folder: RunFolder, cfg: TrainConfig) -> bool:
     folder.open()
     files = folder.run_files()
     if cfg.overwrite:
-        return False  # the old run is deleted once data and model are ready (_train)
+        return False  # the old run is deleted once everything is built and checked (_run)
     if cfg.resume:
         if "last.pt" in files:
             return True
