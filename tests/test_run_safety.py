@@ -286,6 +286,20 @@ def test_resume_refuses_changed_options_and_lists_them(finished_run, tmp_path, c
     assert state["meta"]["eps"] == 0.2
 
 
+def test_resume_of_an_older_run_refuses_options_it_did_not_have(finished_run, tmp_path, capsys):
+    """A run saved before an option existed (its config lacks it) ran with its default: turning
+    the option on at resume (here per-epoch AutoAttack) would mix epochs with and without it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    state = torch.load(finished_run / "last.pt", weights_only=True)
+    del state["config"]["eval_autoattack"]
+    torch.save(state, run / "last.pt")
+    assert _train(run, "--resume", "--eval-autoattack", "lite", epochs=3) == 2
+    err = _one_line_error(capsys)
+    assert "--eval-autoattack" in err and "'lite' (the run: None)" in err
+    assert _train(run, "--resume", epochs=3) == 0  # without it, the run continues
+
+
 def test_resume_in_python_takes_the_runs_options(tmp_path):
     run = tmp_path / "run"
     common = dict(dataset="digits", train_samples=128, eval_samples=32, verbose=False,
