@@ -37,7 +37,7 @@ from .checkpoint import load_checkpoint, runtime_notes
 from .checks import fail
 from .config import (RUNTIME_OPTIONS, TrainConfig, default_out_dir, plain_config, resolve_config,
                      resume_config, unknown_options)
-from .logging import RunLogger
+from .logging import RunLogger, read_history
 from .run_folder import RunFolder
 from .schedules import lr_at
 from .trainer import Trainer
@@ -366,7 +366,6 @@ def _at_reference(cfg: TrainConfig, device=None):
     place (``runs/<dataset>-at-s<seed>``), run on the same device, CPU thread count and torch
     (its times are comparable), or None."""
     import dataclasses
-    import json
     at = dataclasses.replace(cfg, method="at", tau=None)
     folder = default_out_dir(at)
     last = os.path.join(folder, "last.pt")
@@ -375,9 +374,8 @@ def _at_reference(cfg: TrainConfig, device=None):
     try:
         state = load_checkpoint(last)
         stored = state.get("config") or {}
-        with open(os.path.join(folder, "history.json")) as f:
-            history = json.load(f)
-    except (OSError, ValueError):
+        history = read_history(folder)
+    except (OSError, ValueError):  # an unreadable AT run is no reference
         return None
     mine = plain_config(cfg.to_dict())
     if stored.get("method") != "at" or any(stored.get(k) != mine.get(k) for k in _SAME_SETTINGS) \

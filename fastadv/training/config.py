@@ -292,13 +292,15 @@ def resume_config(cfg: TrainConfig, explicit, stored: Dict[str, Any], epochs_don
     plain = plain_config(cfg.to_dict())
     # An option the run's config lacks was added to fastadv after the run started: the run had
     # its default (e.g. no eval_autoattack), so turning it on is a change like any other.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                if f.default is not dataclasses.MISSING}
-    was = {k: recipe[k] if k in recipe else plain_config({k: defaults[k]})[k] for k in explicit
-           if k in OPTION_NAMES and k not in RUNTIME_OPTIONS and k != "method"
-           and (k in recipe or (stored and k in defaults))}
-    changed = [f"{k}={plain[k]!r} (the run: {was[k]!r})" for k in sorted(was)
-               if k not in RESUME_CHANGEABLE and plain[k] != was[k]]
+    was = dict(recipe)
+    if stored:
+        was.update({f.name: plain_config({f.name: f.default})[f.name]
+                    for f in dataclasses.fields(TrainConfig)
+                    if f.name in OPTION_NAMES and f.name not in RUNTIME_OPTIONS
+                    and f.name not in recipe and f.name != "method"
+                    and f.default is not dataclasses.MISSING})
+    changed = [f"{k}={plain[k]!r} (the run: {was[k]!r})" for k in sorted(explicit)
+               if k in was and k not in RESUME_CHANGEABLE and plain[k] != was[k]]
     if changed:
         fail("resume", f"{', '.join(changed)} differ from the run in {where}; a resume continues "
                         f"the run as it was started and may change only `epochs` (to extend it) "
