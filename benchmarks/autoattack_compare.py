@@ -93,15 +93,24 @@ def write_markdown(result: dict, path: str) -> None:
         lines += [f"The model: `{m['path']}`, {arch} trained by this benchmark on {m['train_images']} training images: one natural "
                   f"epoch, then {m['at_epochs']} epochs of PGD-10 AT with ε rising to "
                   f"{m['train_eps']:.4g}, SGD lr {m['lr']:g}.", ""]
+    control = next((k for k in runs if k.startswith("official_bs") and runs[k]), None)
+    bs = control[len("official_bs"):] if control else None
+    lines += [f"fastadv's rows per model pass: {result.get('rows_per_pass', 'all')}; the official "
+              f"code's batch size 250" + (f" (and {bs} in the control)" if control else "") + ".", ""]
+    extra_head = f" official bs={bs} s | its robust |" if control else ""
     lines += [
              "| attack | points in | official s | fastadv s | ratio | official robust | fastadv robust "
-             "| fastadv fwd | fastadv bwd |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| fastadv fwd | fastadv bwd |" + extra_head,
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if control else "")]
     for attack, f in runs["fastadv"].items():
         o = runs["official"].get(attack, {}) if have_official else {}
         ratio = f"{o['seconds'] / f['seconds']:.2f}×" if o else "-"
+        c = runs[control].get(attack, {}) if control else {}
+        extra = (f" {c.get('seconds', float('nan')):.1f} | {c.get('robust_after', float('nan')):.2%} |"
+                 if control else "")
         lines.append(f"| {attack} | {f['points_in']} | {o.get('seconds', float('nan')):.1f} | "
                      f"{f['seconds']:.1f} | {ratio} | {o.get('robust_after', float('nan')):.2%} | "
-                     f"{f['robust_after']:.2%} | {f.get('forward', 0)} | {f.get('backward', 0)} |")
+                     f"{f['robust_after']:.2%} | {f.get('forward', 0)} | {f.get('backward', 0)} |" + extra)
     if result.get("partial"):
         lines += ["", "(Partial: written after each attack; the run had not reached the end.)"]
     if have_official and (result.get("compaction_bound") or {}).get("max_speedup"):
@@ -117,6 +126,12 @@ def write_markdown(result: dict, path: str) -> None:
                       f"robust accuracy official {result['official_robust']:.2%}, fastadv "
                       f"{result['fastadv_robust']:.2%}; the same points robust: "
                       f"{result['agree_point_for_point']}."]
+    if control and result.get(f"{control}_seconds"):
+        tot_c = result[f"{control}_seconds"]
+        lines += ["", f"Control: the official code with bs={bs} took {tot_c:.1f} s ({tot_c / tot_f:.2f}× "
+                      f"fastadv's time; {tot_o / tot_c:.2f}× faster than itself at bs=250), robust "
+                      f"accuracy {result[f'{control}_robust']:.2%} (its random starts differ with the "
+                      f"batch size: the official code seeds each batch)."]
     if "torchattacks" in result:
         t = result["torchattacks"]
         lines += ["", f"torchattacks {t['version']} `AutoAttack(version='standard')`: {t['seconds']:.1f} s, "
@@ -142,6 +157,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="a state dict to load, or where to save the trained "
                                                  "one (default: benchmarks/results/.cache/aa_<dataset>_at.pt)")
     p.add_argument("--no-torchattacks", action="store_true")
+    p.add_argument("--rows-per-pass", type=int, default=None,
+                   help="fastadv's rows per model pass (default: its own, 64 on the CPU)")
+    p.add_argument("--official-control-bs", type=int, default=None,
+                   help="also run the official code with this bs (a third contender, in the same "
+                        "lockstep): what tuning its batch size alone gives")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "autoattack_mnist_cpu"))
     args = p.parse_args(argv)
     if args.eps is None:
@@ -180,26 +200,29 @@ def main(argv=None) -> int:
     x, y = x.to(args.device), test.labels[:args.points].long().to(args.device)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
-    rows = {"fastadv": {}, "official": {}}
-    robust = {"fastadv": clean.clone(), "official": clean.clone()}
+    control = f"official_bs{args.official_control_bs}" if args.official_control_bs and have_official else None
+    who_all = ["fastadv", "official"] + ([control] if control else [])
+    rows = {who: {} for who in who_all}
+    robust = {who: clean.clone() for who in who_all}
     print(f"clean accuracy {float(clean.float().mean()):.2%} on {args.points} points", flush=True)
     for k, attack in enumerate(STANDARD):
-        order = ["fastadv", "official"] if k % 2 == 0 else ["official", "fastadv"]
+        order = who_all[k % len(who_all):] + who_all[:k % len(who_all)]  # rotate who goes first
         for who in order:
             if who == "official" and not have_official:
                 continue
             idx = robust[who].nonzero().flatten()
             t0 = time.perf_counter()
-            if who == "official":
+            if who.startswith("official"):
                 adv = _official(model, args.eps, attack, args.device).run_standard_evaluation(
-                    x[idx], y[idx], bs=250)
+                    x[idx], y[idx], bs=args.official_control_bs if who == control else 250)
                 with torch.no_grad():
                     still = model(adv).argmax(1) == y[idx]
                 if args.device != "cpu":
                     torch.cuda.synchronize()
                 extra = {}
             else:
-                res = AutoAttack(model, eps=args.eps, attacks=[attack]).run(x[idx], y[idx])
+                res = AutoAttack(model, eps=args.eps, attacks=[attack],
+                                 rows_per_pass=args.rows_per_pass).run(x[idx], y[idx])
                 if args.device != "cpu":
                     torch.cuda.synchronize()
                 still = res.robust
@@ -237,6 +260,7 @@ def model_info(args, clean, rows, robust, have_official) -> dict:
               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "runs": rows,
               "model": {"path": os.path.relpath(args.model, REPO), "train_images": args.train,
                         "at_epochs": args.epochs, "lr": args.lr, "train_eps": args.train_eps},
+              "rows_per_pass": args.rows_per_pass or ("64 (the CPU default)" if args.device == "cpu" else "all"),
               "agree_point_for_point": (bool((robust["fastadv"] == robust["official"]).all())
                                         if have_official else None)}
     for who in rows:

@@ -170,6 +170,57 @@ def test_compacted_run_equals_full_batch_run(batch, name, make):
     assert float(a.x_adv.min()) >= 0 and float(a.x_adv.max()) <= 1
 
 
+class RowByRow(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.cat([self.net(row[None]) for row in x])
+
+
+@pytest.mark.parametrize("name,make", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_rows_per_pass_changes_nothing_but_the_passes(batch, name, make):
+    net, x, y = batch
+    # Each row alone through the net: bits that cannot depend on the pass's row count (a GEMM's
+    # rounding may), so any difference is the splitting's.
+    model = RowByRow(net)
+    whole = make(model, True).run(x, y)  # 48 rows: one pass on the CPU
+    atk = make(model, True)
+    atk.rows_per_pass = 5
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    try:
+        split = atk.run(x, y)
+    finally:
+        hook.remove()
+    assert max(seen) == 5 and max(seen) - min(n for n in seen if n > 1) <= 1  # equal passes
+    for field in ("robust", "x_adv", "forward", "backward"):
+        assert torch.equal(getattr(split, field), getattr(whole, field)), field
+
+
+def test_rows_per_pass_default_and_checks(batch):
+    model, x, y = batch
+    x = torch.cat([x, x, x])[:130]
+    y = torch.cat([y, y, y])[:130]
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    try:
+        APGD(model, eps=0.02, steps=1).run(x, y)  # the CPU default: at most 64 rows a pass
+        first = seen[:3]
+        seen.clear()
+        APGD(model, eps=0.02, steps=1, rows_per_pass=200).run(x, y)
+    finally:
+        hook.remove()
+    assert first == [44, 43, 43]  # 130 rows: three equal passes, no small remainder
+    assert seen[0] == 130
+    aa = AutoAttack(model, eps=0.02, version="lite", rows_per_pass=9)
+    assert all(sub.rows_per_pass == 9 for sub in aa.subattacks.values())
+    for bad in (0, -3, 2.5, "64", True):
+        with pytest.raises((ValueError, TypeError), match="rows_per_pass"):
+            Square(model, rows_per_pass=bad)
+
+
 def test_square_l2_compacts_without_changing_results():
     model = small_model(in_ch=3, side=16)
     torch.manual_seed(3)

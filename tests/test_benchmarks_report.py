@@ -151,3 +151,11 @@ def test_autoattack_compaction_floor(tmp_path):
     text = (tmp_path / "aa.md").read_text()
     assert "spends 25.0 s of its 30.0 s" in text and "at most 1.20× faster" in text
     assert "| a | 100 | 10.0 | 5.0 | 2.00× |" in text
+    assert "Control" not in text
+    slow = {k: dict(v, seconds=v["seconds"] * 0.8) for k, v in official.items()}
+    result = dict(result, runs=dict(result["runs"], official_bs64=slow), official_bs64_seconds=24.0,
+                  official_bs64_robust=0.25)
+    write_markdown(result, str(tmp_path / "aa.md"))
+    text = (tmp_path / "aa.md").read_text()
+    assert "| a | 100 | 10.0 | 5.0 | 2.00× | 25.00% | 25.00% | 0 | 0 | 8.0 | 25.00% |" in text
+    assert "bs=64 took 24.0 s (1.60× fastadv's time; 1.25× faster than itself at bs=250)" in text

@@ -91,8 +91,9 @@ class APGD(EvalAttack):
 
     def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, steps: int = 100,
                  restarts: int = 1, loss: Union[str, Callable] = "ce", rho: float = 0.75,
-                 eot_iter: int = 1, seed: int = 0, compact: bool = True):
-        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact)
+                 eot_iter: int = 1, seed: int = 0, compact: bool = True,
+                 rows_per_pass: Optional[int] = None):
+        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact, rows_per_pass=rows_per_pass)
         self.steps = _check_int("steps", steps, 1)
         self.restarts = _check_int("restarts", restarts, 1)
         self.eot_iter = _check_int("eot_iter", eot_iter, 1)
@@ -210,9 +211,11 @@ class APGDT(APGD):
 
     def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, steps: int = 100,
                  n_target_classes: int = 9, restarts: int = 1, loss="dlr", rho: float = 0.75,
-                 eot_iter: int = 1, seed: int = 0, compact: bool = True):
+                 eot_iter: int = 1, seed: int = 0, compact: bool = True,
+                 rows_per_pass: Optional[int] = None):
         super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, loss=loss,
-                         rho=rho, eot_iter=eot_iter, seed=seed, compact=compact)
+                         rho=rho, eot_iter=eot_iter, seed=seed, compact=compact,
+                         rows_per_pass=rows_per_pass)
         self.n_target_classes = _check_int("n_target_classes", n_target_classes, 1)
 
     def _rounds(self, clean, targets):

@@ -61,7 +61,10 @@ class AutoAttack(EvalAttack):
     ``compact`` (False: every iteration on every row, for comparison); ``autocast="bf16"`` (the
     model under bf16 autocast, used only if APGD-CE with it agrees with fp32 on the first
     ``autocast_check`` points; the clean pass and the re-check of broken points stay in fp32);
-    ``sanity_checks`` (False skips the official checks, e.g. on every batch after the first).
+    ``sanity_checks`` (False skips the official checks, e.g. on every batch after the first);
+    ``rows_per_pass`` (the most rows per model pass inside a batch: a speed and memory knob that,
+    unlike ``batch_size``, leaves the random starts and so the results as they are; None: 64 on the
+    CPU, the whole batch on a GPU; see :class:`~fastadv.attacks.eval_base.EvalAttack`).
 
     Example::
 
@@ -74,8 +77,8 @@ class AutoAttack(EvalAttack):
                  seed: int = 0, *, attacks: Optional[Sequence[str]] = None, batch_size: int = 250,
                  verbose: bool = False, log_path: Optional[str] = None, progress: Optional[bool] = False,
                  compact: bool = True, autocast: Optional[str] = None, autocast_check: int = 200,
-                 sanity_checks: bool = True):
-        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact)
+                 sanity_checks: bool = True, rows_per_pass: Optional[int] = None):
+        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact, rows_per_pass=rows_per_pass)
         if attacks is not None:
             attacks = tuple(a.lower() for a in attacks)
             bad = [a for a in attacks if a not in ATTACKS]
@@ -98,7 +101,7 @@ class AutoAttack(EvalAttack):
         self.autocast, self.autocast_check = autocast, autocast_check
         self.sanity_checks = bool(sanity_checks)
         plus = version == "plus"
-        kw = dict(norm=self.norm, eps=self.eps, seed=seed, compact=compact)
+        kw = dict(norm=self.norm, eps=self.eps, seed=seed, compact=compact, rows_per_pass=rows_per_pass)
         eot = 20 if version == "rand" else 1
         self.subattacks = {
             "apgd-ce": APGD(model, loss="ce", restarts=5 if plus else 1, eot_iter=eot, **kw),

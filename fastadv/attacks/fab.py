@@ -87,8 +87,8 @@ class FAB(EvalAttack):
     def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, steps: int = 100,
                  restarts: int = 1, targeted: bool = False, n_target_classes: int = 9,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, seed: int = 0,
-                 compact: bool = True):
-        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact)
+                 compact: bool = True, rows_per_pass: Optional[int] = None):
+        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact, rows_per_pass=rows_per_pass)
         self.steps = _check_int("steps", steps, 1)
         self.restarts = _check_int("restarts", restarts, 1)
         self.targeted = bool(targeted)

@@ -115,8 +115,8 @@ class Square(EvalAttack):
     def __init__(self, model, norm: str = "linf", eps: float = 8 / 255, queries: int = 5000,
                  p_init: float = 0.8, restarts: int = 1, loss="margin",
                  rescale_schedule: bool = True, seed: int = 0, compact: bool = True,
-                 compact_every: Optional[int] = None):
-        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact)
+                 compact_every: Optional[int] = None, rows_per_pass: Optional[int] = None):
+        super().__init__(model, norm=norm, eps=eps, seed=seed, compact=compact, rows_per_pass=rows_per_pass)
         self.queries = _check_int("queries", queries, 1)
         self.p_init = _check_float("p_init", p_init, strict=True)
         if self.p_init > 1:
