@@ -86,7 +86,7 @@ def write_markdown(result: dict, path: str) -> None:
              f"{result['points']} {result.get('dataset', 'mnist')} test points, clean accuracy "
              f"{result['clean']:.2%}; torch {result['torch']}, {result['threads']} thread(s), "
              f"{result['machine']}, {result['date']}. Each attack runs on the points still robust "
-             f"after the previous ones; the two codes alternate attack by attack.", ""]
+             f"after the previous ones; the codes take turns going first, attack by attack.", ""]
     m = result.get("model")
     if m:
         arch = "a small CNN" if result.get("dataset", "mnist") == "mnist" else "a PreActResNet-18"

@@ -415,6 +415,14 @@ def test_dtypes_and_channels_last(batch):
     m64 = small_model().double()
     r64 = APGD(m64, eps=0.02, steps=10).run(x.double(), y)
     assert r64.x_adv.dtype == torch.float64 and torch.equal(r64.robust, ref.robust)
+    # A channels_last model (the README's advice for Square on the CPU): the same verdicts up to a
+    # point whose logits tie within rounding, and x_adv inside the ball.
+    model_cl = small_model().to(memory_format=torch.channels_last)
+    assert model_cl[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for make in (lambda m: Square(m, eps=0.03, queries=100), lambda m: AutoAttack(m, eps=0.02, version="lite")):
+        a, b = make(model).run(x, y), make(model_cl).run(x, y)
+        assert int((a.robust != b.robust).sum()) <= 1 and 0 < int(b.robust.sum()) < 44
+        assert float((b.x_adv - x).abs().max()) <= 0.03 + 1e-6
 
 
 def test_square_schedule():
