@@ -74,12 +74,12 @@ class EvalAttack(TorchattacksHabits):
 
     ``rows_per_pass``: the most rows the model sees in one pass; more rows are split into equal
     passes whose logits are joined. None: ``CPU_ROWS_PER_PASS`` (64) on the CPU, where a smaller
-    pass keeps the activations in cache (the MNIST CNN's passes on 216 rows ran 1.4× faster
-    forward and 1.5× forward + backward in passes of 54 on this project's 2-core EPYC; one thread;
-    the same bits there), all rows at once on a GPU. It is fixed by the row count, so a seed still
-    gives the same result; another value may change the last bits of the logits (a GEMM rounds
-    differently for another number of rows, as in the compaction's shrinking passes), never the
-    attack's arithmetic."""
+    pass keeps the activations in cache (on 216 MNIST rows, one thread, this project's 2-core
+    EPYC: APGD-T 1.14× and Square 1.22× faster in passes of 54 than in one pass;
+    ``benchmarks/rows_per_pass_ab.py``), all rows at once on a GPU. The split follows from the row
+    count alone, so a seed still gives the same result; another ``rows_per_pass`` may change the
+    logits in their last bits (a GEMM may round differently for another number of rows, as it may
+    in the compaction's shrinking passes)."""
 
     def __init__(self, model: Callable[[Tensor], Tensor], norm: str = "linf", eps: float = 8 / 255,
                  seed: int = 0, compact: bool = True, rows_per_pass: Optional[int] = None):
