@@ -544,8 +544,8 @@ class Trainer:
         ``best.pt`` whenever PGD-20 accuracy improves (atomically), plus the CSV/JSON history; the
         folder is locked while ``fit`` runs, and one that holds a run is refused unless this
         trainer continues that run (loaded by :meth:`load_checkpoint` from that folder, or fitted
-        into it before) or ``overwrite=True``. ``val_data``: data held out from training whose robust accuracy is
-        measured after every epoch (``val_robust_acc``, :meth:`validate`: PGD-K with the
+        into it before) or ``overwrite=True``. ``val_data``: data held out from training whose
+        robust accuracy is measured after every epoch (``val_robust_acc``, :meth:`validate`: PGD-K with the
         training ε and α; CAT: PGD-k with α = 2ε/k); NoiLIn's rate and CAT's curriculum follow
         it. Returns the history (one dict per epoch)."""
         epochs = self.epochs if epochs is None else epochs
