@@ -60,9 +60,12 @@ PGD_PLUS = {"restarts": 5, "steps": 40, "alpha": 0.01, "eps": 0.031}  # the offi
 class Evaluation:
     """One named evaluation: ``robust(model, x, y, eps, any_iterate)`` → bool [N], True where
     the sample resists it. ``note(eps)``: a line for the log, or None. ``whole_set``: ``evaluate``
-    calls ``robust`` once on all its samples (held on the device) instead of batch by batch."""
+    calls ``robust`` once on all its samples (held on the device) instead of batch by batch.
+    ``rows_per_pass``: the most rows of one model pass (``evaluate`` sets it; None: the attacks'
+    default for the device, 64 on the CPU)."""
     name = ""
     whole_set = False
+    rows_per_pass: Optional[int] = None
     linf_eps = True  # attacks an L-inf ball of radius eps on [0, 1] images (so eps <= 1)
 
     def robust(self, model, x: Tensor, y: Tensor, eps: float, any_iterate: bool) -> Tensor:
@@ -70,6 +73,10 @@ class Evaluation:
 
     def note(self, eps: float) -> Optional[str]:
         return None
+
+    def _rows_per_pass(self, x: Tensor) -> Optional[int]:
+        from .attacks.base import default_rows_per_pass
+        return self.rows_per_pass or default_rows_per_pass(x.device)
 
     def adversarial(self, model, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """The attack's x_adv (``fastadv detect``'s adversarial data)."""
@@ -83,7 +90,7 @@ class Natural(Evaluation):
     linf_eps = False
 
     def robust(self, model, x, y, eps, any_iterate):
-        return _predict(model, x) == y
+        return _predict(model, x, self._rows_per_pass(x)) == y
 
     def adversarial(self, model, x, y, eps):
         return x
@@ -104,12 +111,14 @@ class PGDEval(Evaluation):
     def adversarial(self, model, x, y, eps):
         from . import attacks
         return attacks.PGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps,
-                           random_start="uniform", loss=self.loss)(x, y)
+                           random_start="uniform", loss=self.loss,
+                           rows_per_pass=self._rows_per_pass(x))(x, y)
 
     def robust(self, model, x, y, eps, any_iterate):
         if not any_iterate:
-            return _predict(model, self.adversarial(model, x, y, eps)) == y
-        return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts)
+            return _predict(model, self.adversarial(model, x, y, eps), self._rows_per_pass(x)) == y
+        return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts,
+                                   self._rows_per_pass(x))
 
 
 class PGDPlus(PGDEval):
@@ -129,7 +138,8 @@ class PGDPlus(PGDEval):
         self.alpha, self.fixed = (lambda e, a=float(alpha): a), True
 
     def robust(self, model, x, y, eps, any_iterate):
-        return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts)
+        return _any_iterate_robust(model, x, y, eps, self.alpha(eps), self.steps, self.loss, self.restarts,
+                                   self._rows_per_pass(x))
 
     adversarial = Evaluation.adversarial  # several restarts: no single x_adv
 
@@ -158,7 +168,8 @@ class AutoAttackEval(Evaluation):
         from .attacks import AutoAttack
         aa = AutoAttack(model, eps=eps, version="custom" if self.attacks else self.version,
                         attacks=self.attacks, seed=0, sanity_checks=not self.checked,
-                        progress=self.progress, batch_size=self.batch_size)
+                        progress=self.progress, batch_size=self.batch_size,
+                        rows_per_pass=self.rows_per_pass)
         self.checked = True
         return aa.run(x, y)
 
@@ -180,7 +191,7 @@ class CallableEval(Evaluation):
         return self.attack(x, y)
 
     def robust(self, model, x, y, eps, any_iterate):
-        return _predict(model, self.attack(x, y)) == y
+        return _predict(model, self.attack(x, y), self._rows_per_pass(x)) == y
 
 
 _AA_NAMES = {"autoattack": "standard", "aa": "standard", "autoattackstandard": "standard",
@@ -271,14 +282,15 @@ def _num_batches(data, batch_size: int, max_samples: Optional[int], world: int) 
     return math.ceil(math.ceil(n / world) / batch_size)
 
 
-def _predict(model, x: Tensor) -> Tensor:
-    from .attacks.base import explain_dtype_errors
+def _predict(model, x: Tensor, rows_per_pass: Optional[int] = None) -> Tensor:
+    """The model's classes at ``x``, in passes of at most ``rows_per_pass`` rows."""
+    from .attacks.base import explain_dtype_errors, join_rows, row_passes
     with torch.no_grad(), explain_dtype_errors(model, x):
-        return model(x).argmax(1)
+        return join_rows([model(part) for part in row_passes(x, rows_per_pass)]).argmax(1)
 
 
 def _any_iterate_robust(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
-                        loss: str, restarts: int) -> Tensor:
+                        loss: str, restarts: int, rows_per_pass: Optional[int] = None) -> Tensor:
     """Any-iterate scoring: EarlyStopPGD with τ = 0 removes a sample at its first wrong check;
     later restarts attack only the still-robust."""
     from . import attacks
@@ -288,14 +300,14 @@ def _any_iterate_robust(model, x: Tensor, y: Tensor, eps: float, alpha: float, s
         if idx.numel() == 0:
             break
         atk = attacks.EarlyStopPGD(model, eps=eps, alpha=alpha, steps=steps, tau=0,
-                                   random_start="uniform", loss=loss)
+                                   random_start="uniform", loss=loss, rows_per_pass=rows_per_pass)
         res = atk.run(x[idx], y[idx])
         survived = res.updates == steps  # a leaver at check k got k < K updates
         # Survivors' last iterate was never checked: one final check.
         s_idx = torch.nonzero(survived).flatten()
         ok = torch.zeros_like(survived)
         if s_idx.numel():
-            ok[s_idx] = _predict(model, res.x_adv[s_idx]) == y[idx][s_idx]
+            ok[s_idx] = _predict(model, res.x_adv[s_idx], rows_per_pass) == y[idx][s_idx]
         robust[idx] = ok
     return robust
 
@@ -304,13 +316,18 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
              *, any_iterate: bool = False, batch_size: int = 256, max_samples: Optional[int] = None,
              device=None, out: Optional[str] = None, verbose: bool = True,
              distributed: bool = False, progress: Optional[bool] = False,
-             alpha: Optional[float] = None, pgd_plus_alpha: Optional[float] = None) -> Dict:
+             alpha: Optional[float] = None, pgd_plus_alpha: Optional[float] = None,
+             rows_per_pass: Optional[int] = None) -> Dict:
     """Accuracy (percent) of ``model`` (an ``nn.Module`` or any callable returning logits) under
     each of ``attacks``: names (see the module doc) or attack objects (``atk(x, y)`` → x_adv).
     ``progress``: a bar over the batches (``None``: only when stdout is a terminal; AutoAttack,
     which runs once on the whole set after them, has a bar per attack). ``alpha``:
     the step of the pgdK and cwK attacks instead of ε/4 (the official FAT-TRADES and FAT-MART
-    scripts evaluate with 0.003); ``pgd_plus_alpha``: pgd+'s step instead of 0.01·ε/0.031."""
+    scripts evaluate with 0.003); ``pgd_plus_alpha``: pgd+'s step instead of 0.01·ε/0.031.
+    ``rows_per_pass``: the most rows the model sees in one pass of an attack (the batch is split
+    into equal passes); None: 64 on the CPU, where smaller passes stay in cache (PGD-20 1.38x and
+    C&W-30 1.25x faster than one pass of 256 MNIST points; see :class:`~fastadv.attacks.base.Attack`),
+    the whole batch on a GPU."""
     if not callable(model):
         raise UserTypeError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
     if isinstance(attacks, str) or not isinstance(attacks, Iterable) or isinstance(attacks, nn.Module):
@@ -340,6 +357,11 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
         raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
         raise UserError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    if rows_per_pass is not None and (not isinstance(rows_per_pass, int) or isinstance(rows_per_pass, bool)
+                                      or rows_per_pass < 1):
+        raise UserError(f"rows_per_pass must be a positive int or None, got {rows_per_pass!r}")
+    for spec in specs.values():
+        spec.rows_per_pass = rows_per_pass
     from torch.nn.parallel import DistributedDataParallel
     if isinstance(model, DistributedDataParallel):
         model = model.module  # attacks take input gradients: never through the DDP wrapper

@@ -877,3 +877,73 @@ def test_normalization_hook_and_callable_loss():
     torch.manual_seed(3)
     d = PGD(model, eps=0.1, steps=5)(x, y)
     assert torch.equal(c, d) and seen == [16] * 5
+
+
+# ---------------------------------------------------------------------------- passes of rows_per_pass
+class RowByRow(nn.Module):
+    """Each row alone through ``net``: logits whose bits cannot depend on a pass's row count (a
+    GEMM's rounding may), so any difference between split and whole runs is the splitting's.
+    ``heads=True``: a two-head model (the final head and a probe, weights 1 and 0.5)."""
+
+    def __init__(self, net, heads=False):
+        super().__init__()
+        self.net = net
+        if heads:
+            self.head_weights = (1.0, 0.5)
+        self.passes = []
+
+    def forward(self, x, labels=None, heads=False):
+        self.passes.append(x.shape[0])
+        final = torch.cat([self.net(row[None]) for row in x])
+        if not heads:
+            return final
+        return final, torch.cat([self.net(row.flip(-1)[None]) for row in x])
+
+
+SPLIT_ATTACKS = [
+    ("pgd", lambda m, r: attacks.PGD(m, eps=0.1, alpha=0.025, steps=4, rows_per_pass=r)),
+    ("pgd-l2", lambda m, r: attacks.PGD(m, eps=0.5, alpha=0.2, steps=4, norm="l2", rows_per_pass=r)),
+    ("pgd-kl", lambda m, r: attacks.PGD(m, eps=0.1, alpha=0.025, steps=4, loss="kl", random_start="normal",
+                                        rows_per_pass=r)),
+    ("fgsm", lambda m, r: attacks.FGSM(m, eps=0.1, rows_per_pass=r)),
+    ("cw", lambda m, r: attacks.CW(m, eps=0.1, steps=4, rows_per_pass=r)),
+    ("pgd-targeted", lambda m, r: attacks.PGD(m, eps=0.1, alpha=0.025, steps=4, rows_per_pass=r)
+     .set_mode_targeted_least_likely()),
+    ("es-any-iterate", lambda m, r: attacks.EarlyStopPGD(m, eps=0.1, alpha=0.025, steps=4, tau=0,
+                                                         rows_per_pass=r)),
+    ("es-masked", lambda m, r: attacks.EarlyStopPGD(m, eps=0.1, alpha=0.025, steps=4, tau=1, compact=False,
+                                                    rows_per_pass=r)),
+]
+
+
+@pytest.mark.parametrize("heads", [False, True], ids=["one-head", "two-heads"])
+@pytest.mark.parametrize("name,make", SPLIT_ATTACKS, ids=[a[0] for a in SPLIT_ATTACKS])
+def test_rows_per_pass_changes_nothing_but_the_passes(name, make, heads, linear_model, digits):
+    x, y = digits[0][:50], digits[1][:50]
+    model = RowByRow(linear_model, heads=heads)
+    torch.manual_seed(0)
+    whole = make(model, None).run(x, y)
+    assert max(model.passes) == 50  # the default: every row in one pass
+    model.passes.clear()
+    torch.manual_seed(0)
+    split = make(model, 7).run(x, y)
+    assert max(model.passes) == 7 and 50 not in model.passes  # 50 rows: passes of 7 and 6
+    assert torch.equal(split.x_adv, whole.x_adv)
+    for field in ("updates", "checks", "kappa"):
+        assert torch.equal(getattr(split, field), getattr(whole, field)), field
+    assert (split.bp, split.bp_executed, split.rows_computed) == (whole.bp, whole.bp_executed, whole.rows_computed)
+    if name == "es-any-iterate":
+        assert 0 < int((whole.updates < 4).sum()) < 50  # some rows left early: the compaction ran
+
+
+def test_rows_per_pass_checks_and_bad_outputs(linear_model, digits):
+    x, y = digits[0][:10], digits[1][:10]
+    for bad in (0, -3, 2.5, "64", True):
+        with pytest.raises((ValueError, TypeError), match="rows_per_pass"):
+            attacks.PGD(linear_model, rows_per_pass=bad)
+    with pytest.raises((ValueError, TypeError), match="rows_per_pass"):
+        attacks.EarlyStopPGD(linear_model, tau=1, rows_per_pass=0)  # subclasses pass it on
+    assert attacks.CW(linear_model, rows_per_pass=3).rows_per_pass == 3
+    # A model that returns no logits is still named as such when its output comes in passes.
+    with pytest.raises(ValueError, match="model|logits"):
+        attacks.PGD(lambda t: t.flatten(1)[:, :10].sum(1), steps=2, rows_per_pass=3)(x, y)

@@ -78,6 +78,10 @@ def test_eval_checkpoint_writes_json(run_dir, capsys):
     assert main(["eval", str(run_dir / "last.pt"), "--attacks", "natural", "--max-samples", "8",
                  "--any-iterate"]) == 0
     assert json.loads((run_dir / "eval_last.json").read_text())["any_iterate"] is True
+    # --rows-per-pass reaches the attacks: a bad one is named
+    assert main(["eval", str(run_dir / "last.pt"), "--attacks", "fgsm", "--max-samples", "8",
+                 "--rows-per-pass", "0"]) == 2
+    assert "rows_per_pass" in capsys.readouterr().err
 
 
 def test_eval_autoattack(run_dir, tmp_path, capsys):

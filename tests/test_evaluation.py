@@ -183,3 +183,53 @@ def test_bad_arguments():
         fastadv.evaluate("model.pt", (x, y))  # a callable is accepted, a path is not
     with pytest.raises(ValueError, match="data"):
         fastadv.evaluate(model, (x, y[:3]))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="rows_per_pass"):
+            fastadv.evaluate(model, (x, y), rows_per_pass=bad, verbose=False)
+
+
+class RowByRow(nn.Module):
+    """Each row alone through ``net``, and the row count of every pass logged: logits whose bits
+    cannot depend on a pass's row count, so the pass size can change nothing but the passes."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.passes = []
+
+    def forward(self, x):
+        self.passes.append(x.shape[0])
+        return torch.cat([self.net(row[None]) for row in x])
+
+
+def test_attacks_run_the_model_in_passes_of_rows_per_pass():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.rand(130, 1, 4, 4)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    model = RowByRow(net)
+    runs = {}
+    for rows in (None, 200, 5):
+        for any_iterate in (False, True):
+            model.passes.clear()
+            torch.manual_seed(1)  # the random starts
+            r = fastadv.evaluate(model, (x, y), attacks=("fgsm", "pgd3", "cw3"), eps=0.1, batch_size=130,
+                                 any_iterate=any_iterate, rows_per_pass=rows, verbose=False)
+            runs[rows, any_iterate] = r["accuracy"]
+            if rows is None:  # the CPU default, 64 rows: 130 rows in three equal passes
+                assert {44, 43} <= set(model.passes) and max(model.passes) <= 64
+            elif rows == 200:
+                assert max(model.passes) == 130
+            else:
+                assert max(model.passes) == 5
+        assert 0 < runs[rows, False]["pgd3"] < 100  # some points broken, some robust
+    for key, acc in runs.items():
+        assert acc == runs[None, key[1]], key  # the same accuracies, pass by pass
+    # pgd+ (any-iterate over 5 restarts, 40 steps) and AutoAttack take it too.
+    model.passes.clear()
+    fastadv.evaluate(model, (x[:12], y[:12]), attacks=("pgd+",), eps=0.1, rows_per_pass=5, verbose=False)
+    assert max(model.passes) <= 5
+    model.passes.clear()
+    fastadv.evaluate(model, (x[:12], y[:12]), attacks=("apgd-ce",), eps=0.1, rows_per_pass=5, verbose=False)
+    assert max(model.passes) == 4  # 12 rows: three passes of 4

@@ -21,8 +21,9 @@ from torch import Tensor
 from .. import ops
 from ..ops._validation import FLOAT_DTYPES, compute_dtype
 from .habits import TorchattacksHabits
-from .base import (_check_float, _check_int, _labels, explain_dtype_errors, input_range_message,
-                   model_device, model_eval_mode)
+from .base import (_check_float, _check_int, _labels, default_rows_per_pass,
+                   explain_dtype_errors, input_range_message, join_rows, model_device, model_eval_mode,
+                   row_passes)
 from ..errors import UserError, UserTypeError
 
 NORMS = ("linf", "l2")
@@ -60,9 +61,6 @@ def check_norm(norm) -> str:
     if key not in NORMS:
         raise UserError(f"norm must be 'linf' or 'l2', got {norm!r}")
     return key
-
-
-CPU_ROWS_PER_PASS = 64  # the default most rows per model pass on the CPU (see EvalAttack)
 
 
 class EvalAttack(TorchattacksHabits):
@@ -220,13 +218,8 @@ class EvalAttack(TorchattacksHabits):
         called), in passes of at most ``rows_per_pass`` rows; ``count``: the rows' positions,
         whose forward counts go up by one."""
         x_in = self._normalized(x.to(getattr(self, "_in_dtype", x.dtype)))
-        cap = self.rows_per_pass or (CPU_ROWS_PER_PASS if x.device.type == "cpu" else x.shape[0])
-        if x.shape[0] <= cap:
-            out = self.model(x_in)
-        else:  # equal passes (130 rows: 44 + 43 + 43), no small remainder
-            outs = [self.model(part) for part in x_in.tensor_split(-(-x.shape[0] // cap))]
-            bad = next((o for o in outs if not isinstance(o, Tensor) or o.dim() != 2), None)
-            out = bad if bad is not None else torch.cat(outs)
+        cap = self.rows_per_pass or default_rows_per_pass(x.device)
+        out = join_rows([self.model(part) for part in row_passes(x_in, cap)])
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise UserError(f"model must return logits of shape [{x.shape[0]}, C], got {got}")
