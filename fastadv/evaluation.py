@@ -151,7 +151,8 @@ class PGDPlus(PGDEval):
 
 
 class AutoAttackEval(Evaluation):
-    """AutoAttack (a version, or one of its attacks alone), seed 0. In ``evaluate`` it runs once
+    """AutoAttack (a version, or one of its attacks alone with the standard version's settings, as
+    the official ``run_standard_evaluation_individual``), seed 0. In ``evaluate`` it runs once
     on the whole set, as the official code does: each attack on the points still robust, in
     batches of 250 (or the evaluation's smaller batch size), the sanity checks on the first batch;
     the set waits on the CPU and each batch goes to the model's device. ``adversarial``
@@ -166,10 +167,9 @@ class AutoAttackEval(Evaluation):
 
     def _run(self, model, x, y, eps):
         from .attacks import AutoAttack
-        aa = AutoAttack(model, eps=eps, version="custom" if self.attacks else self.version,
-                        attacks=self.attacks, seed=0, sanity_checks=not self.checked,
-                        progress=self.progress, batch_size=self.batch_size,
-                        rows_per_pass=self.rows_per_pass)
+        aa = AutoAttack(model, eps=eps, version=self.version, attacks=self.attacks, seed=0,
+                        sanity_checks=not self.checked, progress=self.progress,
+                        batch_size=self.batch_size, rows_per_pass=self.rows_per_pass)
         self.checked = True
         return aa.run(x, y)
 

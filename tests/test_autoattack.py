@@ -482,3 +482,128 @@ def test_square_callable_loss_is_maximised(batch):
     a = Square(model, eps=0.03, queries=60, loss=margin).run(x, y)
     b = Square(model, eps=0.03, queries=60).run(x, y)
     assert seen and torch.equal(a.robust, b.robust) and torch.equal(a.x_adv, b.x_adv)
+
+
+# ---------------------------------------------------------------------------- the official settings
+def test_version_settings_are_the_official_ones(batch):
+    model = batch[0]
+    def settings(aa):
+        s = aa.subattacks
+        return (s["apgd-ce"].restarts, s["apgd-dlr"].restarts, s["apgd-ce"].eot_iter, s["fab"].restarts,
+                s["fab-t"].restarts, s["apgd-t"].n_target_classes, s["square"].queries)
+    # set_version's settings; "custom" (the official attacks_to_run) keeps the constructor's
+    assert settings(AutoAttack(model, version="standard")) == (1, 1, 1, 1, 1, 9, 5000)
+    assert settings(AutoAttack(model, version="plus")) == (5, 5, 1, 5, 1, 9, 5000)
+    assert settings(AutoAttack(model, version="rand")) == (1, 1, 20, 5, 1, 9, 5000)
+    assert settings(AutoAttack(model, version="custom", attacks=("apgd-ce",))) == (5, 5, 1, 5, 1, 9, 5000)
+    # attacks= with a version: its attacks one by one, with its settings (evaluate's "apgd-ce")
+    one = AutoAttack(model, attacks=("APGD-CE",))
+    assert (one.version, one.attacks, settings(one)[0]) == ("standard", ("apgd-ce",), 1)
+    assert settings(AutoAttack(model, version="plus", attacks=("fab",)))[3] == 5
+    from fastadv.evaluation import parse_attack
+    assert (parse_attack("apgd-ce").version, parse_attack("apgd-ce").attacks) == ("standard", ("apgd-ce",))
+    for bad in ("custom", ["standard"], "fast"):
+        with pytest.raises(ValueError, match="version"):
+            AutoAttack(model, version=bad)
+
+
+class Logged(nn.Module):
+    """``net``, logging every pass's input and predictions."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.log = net, []
+
+    def forward(self, x):
+        out = self.net(x)
+        self.log.append((x.detach().clone(), out.argmax(1)))
+        return out
+
+
+def test_apgd_with_eot_keeps_every_row_and_its_latest_misclassified_iterate(batch):
+    """With eot_iter > 1 (a randomised model) one wrong pass is no verdict: as in the official
+    code no row leaves, and x_adv is the latest iterate a pass misclassified."""
+    net, x, y = batch
+    x, y = x[4:], y[4:]  # correctly classified: every row is attacked, in batch order
+    model = Logged(net)
+    res = APGD(model, eps=0.05, steps=10, eot_iter=2).run(x, y)
+    passes = model.log[1:]  # after the clean pass: 2 passes at the start and at each of 10 iterates
+    assert len(passes) == 22 and all(p[0].shape[0] == x.shape[0] for p in passes)  # no row left
+    assert res.backward.tolist() == [22] * x.shape[0]
+    latest = x.clone()
+    hit = torch.zeros(x.shape[0], dtype=torch.bool)
+    for inp, pred in passes[1::2]:  # the decision reads each iterate's last EOT pass
+        wrong = pred != y
+        latest[wrong], hit = inp[wrong], hit | wrong
+    assert 0 < int(hit.sum()) < x.shape[0]  # some broken, some robust: the test can fail
+    assert torch.equal(res.robust, ~hit)
+    assert torch.equal(res.x_adv, latest)
+    first = APGD(net, eps=0.05, steps=10).run(x, y)  # without EOT: the first breaking iterate
+    assert torch.equal(first.robust, res.robust)  # the same verdicts on this deterministic model
+    assert not torch.equal(first.x_adv, res.x_adv)  # another iterate for some rows
+
+
+class ErrsOnCall(nn.Module):
+    """``net``, but from call ``k`` on (1-based) it predicts class 9 for row 0."""
+
+    def __init__(self, net, k):
+        super().__init__()
+        self.net, self.k, self.calls = net, k, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.net(x)
+        if self.calls >= self.k:
+            out = out.clone()
+            out[0] = 0.0
+            out[0, 9] = 100.0
+        return out
+
+
+@pytest.mark.parametrize("version", ["standard", "rand"])
+def test_autoattack_evaluates_every_point_of_a_batch_again(batch, monkeypatch, version):
+    """As the official code: after each attack every point of the batch is evaluated again, and a
+    point the attack left robust but the (randomised) model now misclassifies counts as broken."""
+    net, x, y = batch
+    x, y = x[4:10], y[4:10]  # classified correctly
+    assert int(y[0]) != 9  # so the re-check's class 9 is wrong for row 0
+    model = ErrsOnCall(net, k=2)  # 1: the clean pass; 2: the re-check
+    aa = AutoAttack(model, eps=0.05, version=version, attacks=("apgd-ce",), sanity_checks=False)
+    stub = lambda xx, yy: fastadv.attacks.EvalResult(  # noqa: E731  an attack that breaks nothing
+        xx.clone(), torch.ones(xx.shape[0], dtype=torch.bool), torch.zeros(xx.shape[0], dtype=torch.int64),
+        torch.zeros(xx.shape[0], dtype=torch.int64))
+    monkeypatch.setattr(aa.subattacks["apgd-ce"], "run", stub)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = aa.run(x, y)
+    assert res.broken_by == ["apgd-ce"] + [None] * 5 and res.robust.tolist() == [False] + [True] * 5
+    assert torch.equal(res.x_adv, x)  # its x_adv is its input
+    assert res.forward.tolist() == [2] * 6  # the clean pass and the re-check, every point
+    noted = any("left robust are misclassified" in w for w in res.warnings)
+    assert noted == (version != "rand")  # a randomised model errs by chance: no warning then
+
+
+def test_rand_warns_about_a_model_in_training_mode(batch):
+    net, x, y = batch
+    wrong = (y[:4] + 1) % 10  # misclassified from the start: no attack runs
+    for train in (True, False):
+        model = nn.Sequential(net).train(train)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            res = AutoAttack(model, eps=0.05, version="rand", sanity_checks=False).run(x[:4], wrong)
+        assert any("training mode" in w for w in res.warnings) == train
+        assert model.training is train  # the mode is restored
+
+
+def test_a_random_models_noise_is_seeded_and_the_callers_stream_kept(batch):
+    """As the official code, the global RNG is seeded for each attack's batch (a randomised
+    model's noise repeats with the seed), and the caller's random stream is restored after."""
+    net, x, y = batch
+    noisy = lambda v: net(v) + 0.05 * torch.randn(v.shape[0], 10)  # noqa: E731
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    runs = [AutoAttack(noisy, eps=0.03, version="rand", attacks=("apgd-ce",), sanity_checks=False,
+                       seed=s).run(x[4:20], y[4:20]) for s in (0, 0, 1)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].robust, runs[1].robust)
+    assert not torch.equal(runs[0].x_adv, runs[2].x_adv)  # another seed, other noise and starts

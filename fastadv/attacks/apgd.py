@@ -15,6 +15,7 @@ L2: x + ε·t/‖t‖₂, t ~ N(0, I); clipped to [0, 1]):
 A row is broken the moment an iterate is misclassified: that iterate is its ``x_adv`` and, with
 ``compact=True``, the row leaves and every later iteration runs on fewer rows (its state: iterate,
 previous iterate, best point, gradients, step size, best losses, loss history, labels, targets).
+With EOT (``eot_iter`` > 1, a randomised model) rows stay to the end instead (see :class:`APGD`).
 """
 from __future__ import annotations
 
@@ -79,8 +80,10 @@ class APGD(EvalAttack):
     loss; ≥ 3 classes), or a callable ``loss(logits, y)`` → per-sample losses [N] to maximise
     (``loss(logits, y, targets)`` in a targeted mode). Targeted, ``"ce"`` maximises −CE(z, t) and
     ``"dlr"`` the targeted DLR. ``eot_iter``: gradients averaged over that many passes
-    (Expectation over Transformation, for randomised models). ``restarts``: further runs from new
-    random points on the rows still robust.
+    (Expectation over Transformation, for randomised models); with ``eot_iter`` > 1 no row leaves
+    early (one misclassified pass of a random model is no verdict): every row runs every iteration
+    and its ``x_adv`` is its latest misclassified iterate, as in the official code. ``restarts``:
+    further runs from new random points on the rows still robust.
 
     Shapes: ``x`` [N, C, H, W] in [0, 1], ``y`` [N]. Example::
 
@@ -163,7 +166,10 @@ class APGD(EvalAttack):
     def _single_run(self, x_nat, y, tgt, idx, out, broken, gen, restart, targeted):
         checkpoints = apgd_schedule(self.steps)
         x = self._start(x_nat, gen)
-        rows = ActiveRows(idx, out, broken, self.compact)
+        # With EOT (a randomised model) one misclassified pass settles nothing: as in the official
+        # code every row runs every iteration and keeps its latest misclassified iterate.
+        eot = self.eot_iter > 1
+        rows = ActiveRows(idx, out, broken, self.compact and not eot, last=eot)
         grad, logits, loss = self._gradient(x, y, tgt, rows.index)
         if isinstance(self.loss, str) and self.loss == "dlr":
             self._zero_grad_rows += int((grad.reshape(grad.shape[0], -1).abs().sum(1) == 0).sum())

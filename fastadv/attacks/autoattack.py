@@ -12,8 +12,11 @@ lite        APGD-CE → APGD-T (9): fastadv's cheap version for monitoring (an u
 
 As in the official code the points still robust go through each attack in batches of
 ``batch_size`` (250), and each attack seeds its generator with ``seed`` on every batch, so the
-random starts are the official ones. A point counts as broken only when the model, run once more on
-its ``x_adv`` alone, misclassifies it. The points stay where the caller has them (the CPU, say) and
+random starts are the official ones; the global RNG, which a randomised model draws its noise from,
+is seeded as well and restored after the run. After each attack every point of the batch is
+evaluated once more at its ``x_adv`` (its input where the attack failed): the points misclassified
+there are the broken ones. ``custom`` (with ``attacks=``) has the official constructor's settings.
+The points stay where the caller has them (the CPU, say) and
 each batch goes to the model's device, as in the official code, so a whole test set needs no room
 on the GPU; ``x_adv`` comes back beside ``x``.
 """
@@ -43,6 +46,12 @@ VERSIONS = {
     "lite": ("apgd-ce", "apgd-t"),
 }
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+# (APGD-CE/DLR's restarts, their EOT passes, untargeted FAB's restarts) as the official code sets
+# them: by ``set_version``, and for "custom" (its own attacks_to_run) by the constructor. APGD-T
+# (1 run per target, 9 targets), FAB-T (1 restart, 9 targets) and Square (5,000 queries, p_init
+# 0.8) are the same in every version.
+SETTINGS = {"standard": (1, 1, 1), "lite": (1, 1, 1), "plus": (5, 1, 5), "rand": (1, 20, 5),
+            "custom": (5, 1, 5)}
 AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -54,8 +63,11 @@ class AutoAttack(EvalAttack):
     broke it; ``"clean"``: misclassified unattacked; ``None``: robust), ``forward``/``backward``
     (passes spent on it), and ``accuracy``/``seconds`` after each attack and the ``log``.
 
-    Options: ``attacks`` (a custom sequence of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
-    ``fab-t``, ``square``, with ``version="custom"``); ``batch_size`` (250, as the official code);
+    Options: ``attacks`` (a sequence of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``,
+    ``square`` run in place of the version's list, with the version's settings: e.g. the standard
+    version's attacks one by one; ``version="custom"`` gives them the settings of the official
+    constructor, as its ``attacks_to_run``: APGD and FAB with 5 restarts, where the official code
+    would leave FAB at 1 once FAB-T has run); ``batch_size`` (250, as the official code);
     ``verbose`` (print the official log's lines), ``log_path`` (append them to a file);
     ``progress`` (a bar over each attack's batches; None: when stdout is a terminal);
     ``compact`` (False: every iteration on every row, for comparison); ``autocast="bf16"`` (the
@@ -84,10 +96,7 @@ class AutoAttack(EvalAttack):
             bad = [a for a in attacks if a not in ATTACKS]
             if bad or not attacks:
                 raise UserError(f"attacks: unknown {bad or 'empty list'}; choose from {', '.join(ATTACKS)}")
-            if version not in ("custom", "standard"):
-                raise UserError("attacks= replaces the version's list: pass version='custom'")
-            version = "custom"
-        elif version not in VERSIONS:
+        if not isinstance(version, str) or version not in SETTINGS or (version == "custom" and attacks is None):
             raise UserError(f"version must be one of {', '.join(VERSIONS)} (or 'custom' with "
                             f"attacks=...), got {version!r}")
         self.version = version
@@ -100,14 +109,13 @@ class AutoAttack(EvalAttack):
             raise UserError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
         self.autocast, self.autocast_check = autocast, autocast_check
         self.sanity_checks = bool(sanity_checks)
-        plus = version == "plus"
+        restarts, eot, fab_restarts = SETTINGS[version]
         kw = dict(norm=self.norm, eps=self.eps, seed=seed, compact=compact, rows_per_pass=rows_per_pass)
-        eot = 20 if version == "rand" else 1
         self.subattacks = {
-            "apgd-ce": APGD(model, loss="ce", restarts=5 if plus else 1, eot_iter=eot, **kw),
-            "apgd-dlr": APGD(model, loss="dlr", restarts=5 if plus else 1, eot_iter=eot, **kw),
+            "apgd-ce": APGD(model, loss="ce", restarts=restarts, eot_iter=eot, **kw),
+            "apgd-dlr": APGD(model, loss="dlr", restarts=restarts, eot_iter=eot, **kw),
             "apgd-t": APGDT(model, n_target_classes=9, **kw),
-            "fab": FAB(model, restarts=5, targeted=False, **kw),
+            "fab": FAB(model, restarts=fab_restarts, targeted=False, **kw),
             "fab-t": FAB(model, restarts=1, targeted=True, n_target_classes=9, **kw),
             "square": Square(model, queries=5000, p_init=0.8, rescale_schedule=False, **kw),
         }
@@ -139,8 +147,12 @@ class AutoAttack(EvalAttack):
                               self._forward, self._backward, [], {}, {})
         attacks = list(self.attacks)
         self._say(f"using {self.version} version including {', '.join(attacks)}.")
+        if self.version == "rand" and getattr(self.model, "training", False) is True:
+            self._warn("the model is in training mode, but AutoAttack runs it in eval mode (the "
+                       "official code leaves the mode alone): randomness from train-mode layers such "
+                       "as dropout is off; keep a randomised defence's noise active in eval mode")
         from ..training.logging import use_progress
-        with self._eval_mode():  # the model's modes are restored after the run
+        with self._eval_mode(), self._model_rng():  # modes and global RNG restored after the run
             if self.sanity_checks:
                 self._sanity_checks(x[:self.batch_size].to(self._dev), y[:self.batch_size].to(self._dev))
             robust = self._clean_pass(x, y)
@@ -171,8 +183,10 @@ class AutoAttack(EvalAttack):
                           broken_by, accuracy, seconds, list(self._log), list(self.warnings))
 
     def _attack_points(self, name, x, y, idx, robust, x_adv, broken_by, desc=None) -> None:
-        """Run attack ``name`` on the robust points ``idx``, in batches; a point it breaks is
-        verified (the model misclassifies its x_adv, evaluated alone) before it counts.
+        """Run attack ``name`` on the robust points ``idx``, in batches. As in the official code
+        every point of the batch is then evaluated again at its x_adv (its input where the attack
+        failed), and the points misclassified there are the ones broken: a point the attack claims
+        counts only if it is verified so; one it left counts if a randomised model now errs on it.
         ``desc``: a progress bar over the batches, with this title."""
         from ..training.logging import progress_bar
         sub = self.subattacks[name]
@@ -180,32 +194,34 @@ class AutoAttack(EvalAttack):
         n_batches = math.ceil(idx.numel() / self.batch_size)
         for b in progress_bar(range(n_batches), n_batches, desc is not None, desc=desc or ""):
             rows = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            self._seed_model_rng()  # as the official perturb: a random model's noise repeats
             with self._autocast_ctx():
                 res = sub.run(x[rows], y[rows])  # on the model's device
             self._forward[rows] += res.forward.to(host)
             self._backward[rows] += res.backward.to(host)
             for w in res.warnings:
                 self._warn(w, emit=False)  # the attack has already warned
-            claimed = (~res.robust).nonzero().flatten()  # on the model's device
-            fooled = 0
-            if claimed.numel():
-                on_host = rows[claimed.to(host)]
-                with torch.no_grad():
-                    pred = self.logits(res.x_adv[claimed].to(x.dtype), count=on_host).argmax(1)
-                ok = pred != y[on_host].to(pred.device)
-                if not bool(ok.all()):
-                    why = ("its passes ran under autocast, the re-check in fp32" if self._autocast_ok
-                           else "rounding differs between batch sizes")
-                    self._warn(f"{name}: {int((~ok).sum())} points it reported broken are classified "
-                               f"correctly when their x_adv is evaluated again on its own ({why}); "
-                               f"they stay robust")
-                good = on_host[ok.to(host)]
-                robust[good] = False
-                x_adv[good] = res.x_adv[claimed[ok]].to(device=host, dtype=x_adv.dtype)
-                for i in good.tolist():
-                    broken_by[i] = name
-                fooled = int(ok.sum())
-            self._say(f"{name} - {b + 1}/{n_batches} - {fooled} out of {rows.numel()} successfully perturbed")
+            with torch.no_grad():
+                pred = self.logits(res.x_adv.to(x.dtype), count=rows).argmax(1)
+            wrong = pred != y[rows].to(pred.device)
+            claimed = ~res.robust
+            unverified, unclaimed = int((claimed & ~wrong).sum()), int((~claimed & wrong).sum())
+            if unverified:
+                why = ("a randomised model's outputs vary" if self.version == "rand" else
+                       "its passes ran under autocast, the re-check in fp32" if self._autocast_ok
+                       else "rounding differs between batch sizes")
+                self._warn(f"{name}: {unverified} points it reported broken are classified correctly "
+                           f"when their x_adv is evaluated again ({why}); they stay robust")
+            if unclaimed and self.version != "rand":  # a randomised model errs by chance
+                self._warn(f"{name}: {unclaimed} points it left robust are misclassified when "
+                           f"their input is evaluated again (the model's outputs vary); they count "
+                           f"as broken, as in the official code")
+            good = rows[wrong.to(host)]
+            robust[good] = False
+            x_adv[good] = res.x_adv[wrong].to(device=host, dtype=x_adv.dtype)
+            for i in good.tolist():
+                broken_by[i] = name
+            self._say(f"{name} - {b + 1}/{n_batches} - {good.numel()} out of {rows.numel()} successfully perturbed")
 
     def _clean_pass(self, x: Tensor, y: Tensor) -> Tensor:
         robust = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -217,6 +233,22 @@ class AutoAttack(EvalAttack):
                 self._check_classes(logits, labels, "y")
                 robust[rows] = (logits.argmax(1) == labels).to(x.device)
         return robust
+
+    @contextlib.contextmanager
+    def _model_rng(self):
+        """The global RNG (a randomised model's noise) seeded with ``seed`` for the run, as the
+        official code seeds it, and restored afterwards: the caller's random stream is untouched."""
+        cuda = [self._dev] if self._dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            self._seed_model_rng()
+            yield
+
+    def _seed_model_rng(self) -> None:
+        """Seed the CPU's global generator and the model's GPU's (no other device's)."""
+        torch.default_generator.manual_seed(self.seed)
+        if self._dev.type == "cuda":
+            with torch.cuda.device(self._dev):
+                torch.cuda.manual_seed(self.seed)
 
     @contextlib.contextmanager
     def _eval_mode(self):

@@ -265,11 +265,15 @@ class ActiveRows:
     the rows with ``leave`` as broken at ``x_iter`` (``out[index] = x_iter``, ``broken[index] =
     True``). Compacted, those rows are removed from every tensor of ``state`` (a dict of batch-first
     tensors, packed with ``ops.compact_rows`` in one plan: one host read) and from ``index``;
-    otherwise they stay, and only their first breaking iterate is kept.
+    otherwise they stay, and only their first breaking iterate is kept (``last=True``: their
+    latest, as the official APGD keeps it; for a randomised model, where one wrong pass is no
+    verdict, so the rows must stay).
     """
 
-    def __init__(self, index: Tensor, out: Tensor, broken: Tensor, compact: bool):
-        self.index, self.out, self.broken, self.compact = index, out, broken, compact
+    def __init__(self, index: Tensor, out: Tensor, broken: Tensor, compact: bool, last: bool = False):
+        if compact and last:
+            raise ValueError("ActiveRows: last=True keeps the rows, so it needs compact=False")
+        self.index, self.out, self.broken, self.compact, self.last = index, out, broken, compact, last
         self.m = index.shape[0]
         self.done = None if compact else torch.zeros(self.m, dtype=torch.bool, device=index.device)
 
@@ -278,7 +282,7 @@ class ActiveRows:
         0, where the model's argmax may still be right)."""
         hit = leave if verdict is None else leave & verdict
         if not self.compact:
-            new = leave & ~self.done
+            new = leave if self.last else leave & ~self.done
             view = (-1,) + (1,) * (x_iter.dim() - 1)
             self.out[self.index] = torch.where((new & hit).view(view), x_iter.to(self.out.dtype),
                                                self.out[self.index])
