@@ -27,8 +27,9 @@ iterate gets one final check.
 
 ``data``: an :class:`~fastadv.data.ImageDataset`, a tuple ``(x, y)`` of tensors (x in [0, 1] or
 uint8), or any iterable of ``(x, y)`` batches (e.g. a ``BatchLoader``). Returns a dict
-``{"n", "eps", "any_iterate", "accuracy": {name: %}, "seconds": {name: s}}``; ``out=`` also
-writes it as JSON; ``verbose`` prints a table.
+``{"n", "eps", "any_iterate", "accuracy": {name: %}, "seconds": {name: s}}``, and with several
+attacks ``"worst_case"``: the percentage of points robust under every one of them (per point, as
+AutoAttack combines its attacks); ``out=`` also writes it as JSON; ``verbose`` prints a table.
 
 ``distributed=True`` (every rank of an initialised process group must call it, with the same
 data): rank ``r`` of ``W`` evaluates rows ``r, r + W, …`` (batches ``r, r + W, …`` of an iterable),
@@ -383,6 +384,7 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
     per_batch = {k: v for k, v in specs.items() if not v.whole_set}
     whole = {k: v for k, v in specs.items() if v.whole_set}  # AutoAttack: once, on every sample
     held_x, held_y = [], []
+    survived = []  # per batch, bool [B] on the CPU: robust under every attack so far
     try:
         batches = _batches(data, batch_size, device, max_samples, rank, world)
         total = _num_batches(data, batch_size, max_samples, world)
@@ -391,36 +393,45 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
             if whole:  # held on the CPU: AutoAttack moves one batch at a time to the device
                 held_x.append(x.cpu())
                 held_y.append(y.cpu())
+            survived.append(torch.ones(x.shape[0], dtype=torch.bool))
             for name, spec in per_batch.items():
                 t0 = time.perf_counter()
-                correct[name] += int(spec.robust(model, x, y, float(eps), any_iterate).sum())
+                robust = spec.robust(model, x, y, float(eps), any_iterate)
+                correct[name] += int(robust.sum())
                 seconds[name] += time.perf_counter() - t0
+                survived[-1] &= robust.cpu()
+        survived = torch.cat(survived) if survived else torch.zeros(0, dtype=torch.bool)
         if whole and held_x:
-            x, y = torch.cat(held_x), torch.cat(held_y)
+            x, y = torch.cat(held_x), torch.cat(held_y)  # the batches' rows, in their order
             del held_x, held_y
             for name, spec in whole.items():
                 spec.progress = show  # its own bar, over each attack's batches
                 spec.batch_size = min(spec.batch_size, batch_size)
                 t0 = time.perf_counter()
-                correct[name] += int(spec.robust(model, x, y, float(eps), any_iterate).sum())
+                robust = spec.robust(model, x, y, float(eps), any_iterate)
+                correct[name] += int(robust.sum())
                 seconds[name] += time.perf_counter() - t0
+                survived &= robust.cpu()
     finally:
         if is_module:
             model.train(was_training)
     local = None
+    worst = int(survived.sum())
     if distributed:
-        local = {"n": n, "correct": dict(correct)}
+        local = {"n": n, "correct": dict(correct), "worst_case": worst}
         names = list(specs)
-        sums = dist_utils.all_reduce_sum(torch.tensor([n] + [correct[k] for k in names],
+        sums = dist_utils.all_reduce_sum(torch.tensor([n, worst] + [correct[k] for k in names],
                                                       dtype=torch.float64)).tolist()
-        n = int(round(sums[0]))
-        correct = {k: int(round(v)) for k, v in zip(names, sums[1:])}
+        n, worst = int(round(sums[0])), int(round(sums[1]))
+        correct = {k: int(round(v)) for k, v in zip(names, sums[2:])}
         seconds = {k: dist_utils.all_reduce_max(seconds[k]) for k in names}
     if n == 0:
         raise UserError("data: no samples to evaluate")
     notes = [line for line in (spec.note(float(eps)) for spec in specs.values()) if line]
     result = {"n": n, "eps": float(eps), "alpha": alpha, "any_iterate": bool(any_iterate),
               "accuracy": {k: 100.0 * v / n for k, v in correct.items()}, "seconds": seconds}
+    if len(specs) > 1:  # per point: robust only if robust under every attack (and clean)
+        result["worst_case"] = 100.0 * worst / n
     if notes:
         result["notes"] = notes
     if distributed:
@@ -443,4 +454,6 @@ def format_table(result: Dict) -> str:
              f"{'attack':<10} {'accuracy %':>10} {'seconds':>8}"]
     for name, acc in result["accuracy"].items():
         lines.append(f"{name:<10} {acc:>10.2f} {result['seconds'][name]:>8.1f}")
+    if "worst_case" in result:
+        lines.append(f"{'worst case':<10} {result['worst_case']:>10.2f} {'':>8}   (per point, over them all)")
     return "\n".join(lines)

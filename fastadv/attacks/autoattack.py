@@ -16,9 +16,9 @@ random starts are the official ones; the global RNG, which a randomised model dr
 is seeded as well and restored after the run. After each attack every point of the batch is
 evaluated once more at its ``x_adv`` (its input where the attack failed): the points misclassified
 there are the broken ones. ``custom`` (with ``attacks=``) has the official constructor's settings.
-The points stay where the caller has them (the CPU, say) and
-each batch goes to the model's device, as in the official code, so a whole test set needs no room
-on the GPU; ``x_adv`` comes back beside ``x``.
+The points stay where the caller has them (the CPU, say) and each batch goes to the model's
+device, as in the official code, so a whole test set needs no room on the GPU; ``x_adv`` comes
+back beside ``x``.
 """
 from __future__ import annotations
 
