@@ -158,7 +158,7 @@ def main(argv=None) -> int:
                                                  "one (default: benchmarks/results/.cache/aa_<dataset>_at.pt)")
     p.add_argument("--no-torchattacks", action="store_true")
     p.add_argument("--rows-per-pass", type=int, default=None,
-                   help="fastadv's rows per model pass (default: its own, 64 on the CPU)")
+                   help="fastadv's rows per model pass (default: its own, 64 rows of MNIST on the CPU)")
     p.add_argument("--official-control-bs", type=int, default=None,
                    help="also run the official code with this bs (a third contender, in the same "
                         "lockstep): what tuning its batch size alone gives")

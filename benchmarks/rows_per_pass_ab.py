@@ -2,7 +2,7 @@
 AutoAttack" and "Evaluating"): at eps = 0.3 on the first correctly classified MNIST test points of
 the benchmark's AT model (most stay robust, so nearly every row runs every iteration), three
 variants, interleaved in rotating order, 3 rounds, 1 thread: the whole batch in one pass
-(rows_per_pass = the points), the CPU default of the evaluations (64 rows at most a pass), and
+(rows_per_pass = the points), the CPU default of the evaluations for MNIST (64 rows at most a pass), and
 that default with the model and points in channels_last. The model is the one
 ``benchmarks/autoattack_compare.py`` trains and caches (run it first).
 

@@ -200,13 +200,20 @@ def test_rows_per_pass_changes_nothing_but_the_passes(batch, name, make):
 
 
 def test_rows_per_pass_default_and_checks(batch):
-    model, x, y = batch
-    x = torch.cat([x, x, x])[:130]
-    y = torch.cat([y, y, y])[:130]
+    from fastadv.attacks.base import default_rows_per_pass
+    # On the CPU, passes of about 50k input values, at least 16 rows; one pass on an accelerator.
+    assert [default_rows_per_pass(torch.empty(2, *s)) for s in ((1, 28, 28), (3, 32, 32), (1, 8, 8),
+                                                               (3, 224, 224), (20,))] == [64, 16, 784, 16, 2508]
+    assert default_rows_per_pass(torch.empty(0, 1, 28, 28)) == 64
+    assert default_rows_per_pass(torch.empty(2, 1, 28, 28, device="meta")) is None
+    model = small_model(side=28)
+    x = torch.rand(130, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
     seen = []
     hook = model.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
     try:
-        APGD(model, eps=0.02, steps=1).run(x, y)  # the CPU default: at most 64 rows a pass
+        APGD(model, eps=0.02, steps=1).run(x, y)  # the CPU default for MNIST-sized rows: 64 a pass
         first = seen[:3]
         seen.clear()
         APGD(model, eps=0.02, steps=1, rows_per_pass=200).run(x, y)

@@ -204,8 +204,8 @@ class RowByRow(nn.Module):
 
 def test_attacks_run_the_model_in_passes_of_rows_per_pass():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
-    x = torch.rand(130, 1, 4, 4)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    x = torch.rand(130, 1, 28, 28)  # MNIST-sized: the CPU default is 64 rows a pass
     with torch.no_grad():
         y = net(x).argmax(1)
     model = RowByRow(net)
@@ -214,10 +214,10 @@ def test_attacks_run_the_model_in_passes_of_rows_per_pass():
         for any_iterate in (False, True):
             model.passes.clear()
             torch.manual_seed(1)  # the random starts
-            r = fastadv.evaluate(model, (x, y), attacks=("fgsm", "pgd3", "cw3"), eps=0.1, batch_size=130,
+            r = fastadv.evaluate(model, (x, y), attacks=("fgsm", "pgd3", "cw3"), eps=0.004, batch_size=130,
                                  any_iterate=any_iterate, rows_per_pass=rows, verbose=False)
             runs[rows, any_iterate] = r["accuracy"]
-            if rows is None:  # the CPU default, 64 rows: 130 rows in three equal passes
+            if rows is None:  # the CPU default, 64 rows here: 130 rows in three equal passes
                 assert {44, 43} <= set(model.passes) and max(model.passes) <= 64
             elif rows == 200:
                 assert max(model.passes) == 130
@@ -232,7 +232,7 @@ def test_attacks_run_the_model_in_passes_of_rows_per_pass():
     assert max(model.passes) <= 5
     model.passes.clear()
     fastadv.evaluate(model, (x[:12], y[:12]), attacks=("apgd-ce",), eps=0.1, rows_per_pass=5, verbose=False)
-    assert max(model.passes) == 4  # 12 rows: three passes of 4
+    assert model.passes[:3] == [4, 4, 4] and max(model.passes) <= 5  # 12 rows: three passes of 4
 
 
 def test_worst_case_is_per_point_over_every_attack(means_data, capsys):

@@ -51,15 +51,24 @@ def _check_int(name: str, v, minimum: int = 0) -> int:
     return v
 
 
-CPU_ROWS_PER_PASS = 64  # the evaluations' default most rows per model pass on the CPU
+CPU_PASS_VALUES = 64 * 784  # input values per model pass on the CPU: 64 MNIST images
+CPU_MIN_ROWS_PER_PASS = 16
 
 
-def default_rows_per_pass(device: torch.device) -> Optional[int]:
-    """The evaluations' pass size: ``CPU_ROWS_PER_PASS`` on the CPU, where a pass of 64 rows keeps
-    the activations in cache (PGD-20 1.38x faster than one pass of 256 rows; APGD-T, Square and
-    C&W-30 1.14-1.25x: ``benchmarks/rows_per_pass_ab.py``), None (every row in one pass) on an
-    accelerator."""
-    return CPU_ROWS_PER_PASS if device.type == "cpu" else None
+def default_rows_per_pass(x: Tensor) -> Optional[int]:
+    """The evaluations' pass size for the batch ``x``: on the CPU, passes of about
+    ``CPU_PASS_VALUES`` input values, at least 16 rows (64 rows of 1×28×28 MNIST, 16 of 3×32×32
+    CIFAR; an evaluation batch of 8×8 digits in one pass), where smaller passes keep the
+    activations in cache. Forward + input gradient of 256 rows against one pass, 1 and 2 threads,
+    this project's 2-core EPYC (``benchmarks/pass_size_micro.py``): PreActResNet-18 on CIFAR 1.34x
+    and 1.98x faster in passes of 16 (1.13x and 1.85x in passes of 64); the MNIST CNN 1.11x and
+    1.23x in passes of 64 (PGD-20 1.38x: ``benchmarks/rows_per_pass_ab.py``); the digits CNN best
+    in one pass (0.94-1.04x in passes of 64, 0.62x in passes of 16). None (every row in one pass)
+    on an accelerator."""
+    if x.device.type != "cpu":
+        return None
+    per_row = max(1, math.prod(x.shape[1:]))
+    return max(CPU_MIN_ROWS_PER_PASS, CPU_PASS_VALUES // per_row)
 
 
 def row_passes(x: Tensor, rows_per_pass: Optional[int]) -> tuple:
@@ -176,8 +185,9 @@ class Attack(TorchattacksHabits):
     ``rows_per_pass``: the most rows the model sees in one pass (more are split into equal passes
     whose logits are joined; the model runs in eval mode, so a row's logits do not depend on the
     others'). None, the default: every row in one pass, as the official training loops run it.
-    :func:`fastadv.evaluate` passes 64 on the CPU, where PGD-20 and C&W-30 on 256 MNIST points of an
-    AT CNN ran 1.38x and 1.25x faster in passes of 64 (1 thread; ``benchmarks/rows_per_pass_ab.py``).
+    :func:`fastadv.evaluate` passes :func:`default_rows_per_pass` on the CPU (64 rows of MNIST),
+    where PGD-20 and C&W-30 on 256 MNIST points of an AT CNN ran 1.38x and 1.25x faster in passes of
+    64 (1 thread; ``benchmarks/rows_per_pass_ab.py``).
     A GEMM may round differently for another row count, so another pass size may change the last
     bits of the logits.
 

@@ -71,7 +71,8 @@ class EvalAttack(TorchattacksHabits):
     starting points on every device.
 
     ``rows_per_pass``: the most rows the model sees in one pass; more rows are split into equal
-    passes whose logits are joined. None: ``CPU_ROWS_PER_PASS`` (64) on the CPU, where a smaller
+    passes whose logits are joined. None: :func:`~fastadv.attacks.base.default_rows_per_pass` on
+    the CPU (passes of about 50k input values: 64 rows of MNIST, 16 of CIFAR), where a smaller
     pass keeps the activations in cache (on 216 MNIST rows, one thread, this project's 2-core
     EPYC: APGD-T 1.14× and Square 1.22× faster in passes of 54 than in one pass;
     ``benchmarks/rows_per_pass_ab.py``), all rows at once on a GPU. The split follows from the row
@@ -218,7 +219,7 @@ class EvalAttack(TorchattacksHabits):
         called), in passes of at most ``rows_per_pass`` rows; ``count``: the rows' positions,
         whose forward counts go up by one."""
         x_in = self._normalized(x.to(getattr(self, "_in_dtype", x.dtype)))
-        cap = self.rows_per_pass or default_rows_per_pass(x.device)
+        cap = self.rows_per_pass or default_rows_per_pass(x)
         out = join_rows([self.model(part) for part in row_passes(x_in, cap)])
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -265,14 +266,12 @@ class ActiveRows:
     the rows with ``leave`` as broken at ``x_iter`` (``out[index] = x_iter``, ``broken[index] =
     True``). Compacted, those rows are removed from every tensor of ``state`` (a dict of batch-first
     tensors, packed with ``ops.compact_rows`` in one plan: one host read) and from ``index``;
-    otherwise they stay, and only their first breaking iterate is kept (``last=True``: their
-    latest, as the official APGD keeps it; for a randomised model, where one wrong pass is no
-    verdict, so the rows must stay).
+    otherwise they stay, and only their first breaking iterate is kept (``last=True``, used with
+    ``compact=False``: their latest, as the official APGD keeps it; for a randomised model, where
+    one wrong pass is no verdict, so the rows must stay).
     """
 
     def __init__(self, index: Tensor, out: Tensor, broken: Tensor, compact: bool, last: bool = False):
-        if compact and last:
-            raise ValueError("ActiveRows: last=True keeps the rows, so it needs compact=False")
         self.index, self.out, self.broken, self.compact, self.last = index, out, broken, compact, last
         self.m = index.shape[0]
         self.done = None if compact else torch.zeros(self.m, dtype=torch.bool, device=index.device)
