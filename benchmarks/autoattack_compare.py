@@ -175,6 +175,7 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     from fastadv.attacks import AutoAttack
+    from fastadv.attacks.base import default_rows_per_pass
     from fastadv.data import load_dataset
     from shared_data import build_cifar10_batches, build_mnist, shared_data_dir
     root = shared_data_dir()
@@ -200,6 +201,7 @@ def main(argv=None) -> int:
     x, y = x.to(args.device), test.labels[:args.points].long().to(args.device)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
+    cpu_pass = default_rows_per_pass(x)
     control = f"official_bs{args.official_control_bs}" if args.official_control_bs and have_official else None
     who_all = ["fastadv", "official"] + ([control] if control else [])
     rows = {who: {} for who in who_all}
@@ -232,8 +234,8 @@ def main(argv=None) -> int:
             rows[who][attack] = dict(seconds=sec, points_in=int(idx.numel()),
                                      robust_after=float(robust[who].float().mean()), **extra)
             print(f"{who:8s} {attack:8s} {sec:8.1f} s  robust {rows[who][attack]['robust_after']:.2%}", flush=True)
-        _save(args, model_info(args, clean, rows, robust, have_official), partial=True)
-    result = model_info(args, clean, rows, robust, have_official)
+        _save(args, model_info(args, clean, rows, robust, have_official, cpu_pass), partial=True)
+    result = model_info(args, clean, rows, robust, have_official, cpu_pass)
     if not args.no_torchattacks:
         try:
             import torchattacks
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def model_info(args, clean, rows, robust, have_official) -> dict:
+def model_info(args, clean, rows, robust, have_official, cpu_pass=None) -> dict:
+    """The run's record; ``cpu_pass``: fastadv's default rows per pass on the CPU for these points."""
     import torch
     result = {"points": args.points, "eps": args.eps, "dataset": args.dataset, "device": args.device,
               "device_name": torch.cuda.get_device_name(0) if args.device != "cpu" else platform.processor(), "clean": float(clean.float().mean()),
@@ -260,7 +263,8 @@ def model_info(args, clean, rows, robust, have_official) -> dict:
               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "runs": rows,
               "model": {"path": os.path.relpath(args.model, REPO), "train_images": args.train,
                         "at_epochs": args.epochs, "lr": args.lr, "train_eps": args.train_eps},
-              "rows_per_pass": args.rows_per_pass or ("64 (the CPU default)" if args.device == "cpu" else "all"),
+              "rows_per_pass": args.rows_per_pass or (f"{cpu_pass} (the CPU default)"
+                                                      if args.device == "cpu" else "all"),
               "agree_point_for_point": (bool((robust["fastadv"] == robust["official"]).all())
                                         if have_official else None)}
     for who in rows:

@@ -35,7 +35,7 @@ AutoAttack combines its attacks); ``out=`` also writes it as JSON; ``verbose`` p
 data): rank ``r`` of ``W`` evaluates rows ``r, r + W, …`` (batches ``r, r + W, …`` of an iterable),
 the correct counts and ``n`` are summed over the ranks (exact: no padding), ``seconds`` are the
 slowest rank's, and only rank 0 prints and writes ``out``. The result then also holds
-``world_size`` and ``local`` (this rank's ``n`` and correct counts). Pass the underlying module
+``world_size`` and ``local`` (this rank's ``n``, correct counts and, as a count, ``worst_case``). Pass the underlying module
 (``ddp.module``), not the DDP wrapper. Without a process group it is the single-process call.
 """
 from __future__ import annotations
@@ -325,8 +325,8 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
     which runs once on the whole set after them, has a bar per attack). ``alpha``:
     the step of the pgdK and cwK attacks instead of ε/4 (the official FAT-TRADES and FAT-MART
     scripts evaluate with 0.003); ``pgd_plus_alpha``: pgd+'s step instead of 0.01·ε/0.031.
-    ``rows_per_pass``: the most rows the model sees in one pass of an attack (the batch is split
-    into equal passes); None: on the CPU passes of about 50k input values (64 rows of MNIST, 16 of
+    ``rows_per_pass``: the most rows the model sees in one pass of a named attack and of the
+    predictions (the batch is split into equal passes; an attack object runs as it is); None: on the CPU passes of about 50k input values (64 rows of MNIST, 16 of
     CIFAR), where smaller passes stay in cache (PGD-20 1.38x and C&W-30 1.25x faster than one pass
     of 256 MNIST points; see :func:`~fastadv.attacks.base.default_rows_per_pass`), the whole batch
     on a GPU."""
@@ -431,7 +431,7 @@ def evaluate(model, data, attacks: Sequence = DEFAULT_ATTACKS, eps: float = 8 / 
     notes = [line for line in (spec.note(float(eps)) for spec in specs.values()) if line]
     result = {"n": n, "eps": float(eps), "alpha": alpha, "any_iterate": bool(any_iterate),
               "accuracy": {k: 100.0 * v / n for k, v in correct.items()}, "seconds": seconds}
-    if len(specs) > 1:  # per point: robust only if robust under every attack (and clean)
+    if len(specs) > 1:  # per point: robust only if robust under every attack listed
         result["worst_case"] = 100.0 * worst / n
     if notes:
         result["notes"] = notes

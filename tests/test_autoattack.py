@@ -614,3 +614,15 @@ def test_a_random_models_noise_is_seeded_and_the_callers_stream_kept(batch):
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].robust, runs[1].robust)
     assert not torch.equal(runs[0].x_adv, runs[2].x_adv)  # another seed, other noise and starts
+    # Reseeded for every batch of every attack, as the official perturb; under rand a batch is
+    # one pass (how a random model's draws are split changes its noise).
+    aa = AutoAttack(noisy, eps=0.03, version="rand", batch_size=4, sanity_checks=False)
+    assert aa.rows_per_pass == 4 and all(s.rows_per_pass == 4 for s in aa.subattacks.values())
+    assert AutoAttack(noisy, version="standard").rows_per_pass is None
+    seeded = []
+    real = aa._seed_model_rng
+    aa._seed_model_rng = lambda: (seeded.append(1), real())
+    res = aa.run(x[4:12], y[4:12])
+    batches = sum(-(-n // 4) for n in (int(res.accuracy["clean"] * 8 + 0.5),
+                                         int(res.accuracy["apgd-ce"] * 8 + 0.5)))
+    assert batches > 1 and len(seeded) == 1 + batches  # the run, then each attack's batches

@@ -72,12 +72,14 @@ class AutoAttack(EvalAttack):
     ``progress`` (a bar over each attack's batches; None: when stdout is a terminal);
     ``compact`` (False: every iteration on every row, for comparison); ``autocast="bf16"`` (the
     model under bf16 autocast, used only if APGD-CE with it agrees with fp32 on the first
-    ``autocast_check`` points; the clean pass and the re-check of broken points stay in fp32);
+    ``autocast_check`` points; the clean pass and the re-check of every point stay in fp32);
     ``sanity_checks`` (False skips the official checks, e.g. on every batch after the first);
     ``rows_per_pass`` (the most rows per model pass inside a batch: a speed and memory knob that,
-    unlike ``batch_size``, leaves the random starts and so the results as they are; None: on the
-    CPU passes of about 50k input values (64 rows of MNIST, 16 of CIFAR), the whole batch on a GPU;
-    see :func:`~fastadv.attacks.base.default_rows_per_pass`).
+    unlike ``batch_size``, leaves the random starts and so, for a deterministic model, the results
+    as they are; None: on the CPU passes of about 50k input values (64 rows of MNIST, 16 of CIFAR),
+    the whole batch on a GPU, see :func:`~fastadv.attacks.base.default_rows_per_pass`; under
+    ``rand`` the whole batch everywhere, as the official code, since a randomised model's noise
+    depends on how its draws are split).
 
     Example::
 
@@ -111,6 +113,8 @@ class AutoAttack(EvalAttack):
         self.autocast, self.autocast_check = autocast, autocast_check
         self.sanity_checks = bool(sanity_checks)
         restarts, eot, fab_restarts = SETTINGS[version]
+        if version == "rand" and rows_per_pass is None:  # a random model's draws: one pass a batch
+            rows_per_pass = self.rows_per_pass = batch_size
         kw = dict(norm=self.norm, eps=self.eps, seed=seed, compact=compact, rows_per_pass=rows_per_pass)
         self.subattacks = {
             "apgd-ce": APGD(model, loss="ce", restarts=restarts, eot_iter=eot, **kw),
@@ -333,7 +337,7 @@ class AutoAttack(EvalAttack):
     def _check_autocast(self, x: Tensor, y: Tensor) -> bool:
         """Whether the attacks may run the model under ``autocast``: APGD-CE with it must agree
         with fp32 on the first ``autocast_check`` points (else fp32, with a warning). The clean
-        pass and the re-check of every broken point stay in fp32."""
+        pass and the re-check of every point stay in fp32."""
         if self.autocast is None:
             return False
         m = min(self.autocast_check, x.shape[0])

@@ -5,6 +5,8 @@ an iterate within the ε-ball is misclassified (or, in a targeted mode, classifi
 A broken row leaves the attack at once (``compact=True``): its iterate is written to ``x_adv`` and
 the later iterations run on fewer rows. ``compact=False`` keeps every row in the batch to the end
 (the official code's way) and records the first breaking iterate, so the verdicts are the same.
+APGD with EOT (``eot_iter`` > 1, for a randomised model, where one wrong pass is no verdict) keeps
+every row to the end and records its latest breaking iterate, as the official code.
 
 The torchattacks habits (``atk(x, y)``, ``set_normalization_used``, the targeted modes, inputs moved
 to the model's device) are here; so are the per-point costs: ``forward``/``backward`` count the
