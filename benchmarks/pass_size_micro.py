@@ -26,7 +26,7 @@ ROWS = 256
 CASES = {
     "digits": (lambda: create("small_cnn", num_classes=10, in_channels=1), (1, 8, 8), 6),
     "mnist": (lambda: create("small_cnn", num_classes=10, in_channels=1), (1, 28, 28), 4),
-    "cifar": (lambda: create("preact_resnet18", num_classes=10), (3, 32, 32), 3),
+    "cifar": (lambda: create("preact_resnet18", num_classes=10), (3, 32, 32), 5),
 }
 
 

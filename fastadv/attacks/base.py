@@ -60,11 +60,11 @@ def default_rows_per_pass(x: Tensor) -> Optional[int]:
     ``CPU_PASS_VALUES`` input values, at least 16 rows (64 rows of 1×28×28 MNIST, 16 of 3×32×32
     CIFAR; an evaluation batch of 8×8 digits in one pass), where smaller passes keep the
     activations in cache. Forward + input gradient of 256 rows against one pass, 1 and 2 threads,
-    this project's 2-core EPYC (``benchmarks/pass_size_micro.py``): PreActResNet-18 on CIFAR 1.34x
-    and 1.98x faster in passes of 16 (1.13x and 1.85x in passes of 64); the MNIST CNN 1.11x and
-    1.23x in passes of 64 (PGD-20 1.38x: ``benchmarks/rows_per_pass_ab.py``); the digits CNN best
-    in one pass (0.94-1.04x in passes of 64, 0.62x in passes of 16). None (every row in one pass)
-    on an accelerator."""
+    this project's 2-core EPYC (``benchmarks/pass_size_micro.py``): PreActResNet-18 on CIFAR 1.24x
+    and 1.49x faster in passes of 16 (1.20x and 1.55x in passes of 64: the two within the noise
+    of each other); the MNIST CNN 1.25x and 1.24x in passes of 64 (PGD-20 1.38x:
+    ``benchmarks/rows_per_pass_ab.py``); the digits CNN no faster split (0.99-1.04x in passes of 64,
+    0.61-0.77x in passes of 16). None (every row in one pass) on an accelerator."""
     if x.device.type != "cpu":
         return None
     per_row = max(1, math.prod(x.shape[1:]))
